@@ -1,0 +1,194 @@
+//! The one error type at the HTTP edge: a status, a JSON body with a stable
+//! `error` title and a `message` saying what to do, and `Retry-After` when known.
+
+use crate::callers::AuthError;
+use crate::domain::{InputError, TokenKey};
+use crate::identity::IdpError;
+use crate::refresh::RefreshError;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    body: Map<String, Value>,
+    retry_after: Option<u64>,
+}
+
+/// When the identity provider gave no hint, callers retry after this long.
+const DEFAULT_RETRY_AFTER: u64 = 10;
+
+impl ApiError {
+    pub fn new(status: StatusCode, title: &str, message: impl Into<String>) -> Self {
+        let mut body = Map::new();
+        body.insert("error".into(), title.into());
+        body.insert("message".into(), message.into().into());
+        Self {
+            status,
+            body,
+            retry_after: None,
+        }
+    }
+
+    pub fn with(mut self, field: &str, value: impl Into<Value>) -> Self {
+        self.body.insert(field.into(), value.into());
+        self
+    }
+
+    /// Adds `scope` and, for user tokens, `user_id` to the body.
+    fn about(self, key: &TokenKey) -> Self {
+        let this = self.with("scope", key.scope().as_str());
+        match key.user() {
+            Some(user) => this.with("user_id", user.as_str()),
+            None => this,
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The refresh route's failures also carry `"status": "failed"` (SPEC §5).
+    pub fn refresh_failed(self) -> Self {
+        self.with("status", "failed")
+    }
+
+    pub fn bad_input(error: InputError) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, error.title(), error.to_string())
+    }
+
+    pub fn unauthorized(error: AuthError) -> Self {
+        let message = match error {
+            AuthError::Missing | AuthError::Unknown => {
+                "Send a valid API key as 'Authorization: Bearer <key>' or 'x-functions-key: <key>'"
+            }
+            AuthError::NoneConfigured => {
+                "No API keys are configured: create one with 'handler keys new --name <app> --scope <scope>' and put its entry in TOKEN_API_KEYS (or TOKEN_API_KEYS_FILE); TOKEN_API_AUTH=none turns authentication off"
+            }
+        };
+        Self::new(StatusCode::UNAUTHORIZED, "Unauthorized", message)
+    }
+
+    pub fn forbidden(key: &TokenKey) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            "This API key may not use this token; extend its scopes/users entries",
+        )
+        .about(key)
+    }
+
+    pub fn admin_only() -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            "Only an admin API key may do this",
+        )
+    }
+
+    pub fn token_not_found(key: &TokenKey) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "Token not found",
+            "No valid token found for the specified scope",
+        )
+        .about(key)
+    }
+
+    pub fn no_route() -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            "No such route; the API is under /api/tokens",
+        )
+    }
+
+    pub fn method_not_allowed() -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "Method not allowed",
+            "This route does not accept this method",
+        )
+    }
+
+    pub fn store_unavailable() -> Self {
+        let mut error = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Token store unavailable",
+            "The token store (Redis) cannot be reached; retry shortly",
+        );
+        error.retry_after = Some(DEFAULT_RETRY_AFTER);
+        error
+    }
+
+    pub fn refresh(error: &RefreshError, key: &TokenKey) -> Self {
+        match error {
+            RefreshError::Store(e) => {
+                tracing::error!(error = %e, "token store failed");
+                Self::store_unavailable().about(key)
+            }
+            RefreshError::Idp(e) => Self::idp(e).about(key),
+        }
+    }
+
+    fn idp(error: &IdpError) -> Self {
+        let code = |aadsts: &Option<u32>| {
+            aadsts
+                .map(|c| json!(format!("AADSTS{c}")))
+                .unwrap_or(Value::Null)
+        };
+        match error {
+            IdpError::Rejected { error: title, aadsts, .. } if title == "invalid_scope" => Self::new(
+                StatusCode::BAD_REQUEST,
+                "Invalid scope",
+                "The identity provider does not know this scope",
+            )
+            .with("aadsts", code(aadsts)),
+            IdpError::Rejected { error: title, aadsts, .. } => Self::new(
+                StatusCode::BAD_GATEWAY,
+                "Token acquisition failed",
+                "The identity provider refused to issue a token; check the service's credentials and consent",
+            )
+            .with("idp_error", title.as_str())
+            .with("aadsts", code(aadsts)),
+            IdpError::Unavailable { retry_after, aadsts, .. } => {
+                let mut e = Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Identity provider unavailable",
+                    "The identity provider is throttling or unavailable and no valid token is stored; retry after the given delay",
+                )
+                .with("aadsts", code(aadsts));
+                e.retry_after = Some(retry_after.unwrap_or(DEFAULT_RETRY_AFTER));
+                e
+            }
+            IdpError::Unreachable(_) | IdpError::Protocol(_) => {
+                let mut e = Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Identity provider unavailable",
+                    "The identity provider could not be reached and no valid token is stored; retry shortly",
+                );
+                e.retry_after = Some(DEFAULT_RETRY_AFTER);
+                e
+            }
+        }
+    }
+}
+
+impl From<InputError> for ApiError {
+    fn from(error: InputError) -> Self {
+        Self::bad_input(error)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, axum::Json(Value::Object(self.body))).into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}

@@ -1,0 +1,240 @@
+//! The token routes.
+
+use super::input::{parse_query, scope_from_path};
+use super::{ApiError, Authed};
+use crate::AppState;
+use crate::callers::{Caller, Outcome, audit};
+use crate::clock::unix_now;
+use crate::domain::{InputError, TokenKey, UserId};
+use crate::store::TokenRecord;
+use axum::Json;
+use axum::extract::State;
+use axum::http::{StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+/// The part of the raw path after `prefix`; routing guarantees the prefix.
+fn path_rest<'a>(uri: &'a Uri, prefix: &str) -> &'a str {
+    uri.path().strip_prefix(prefix).unwrap_or_default()
+}
+
+/// `GET /api/tokens/{scope}`.
+pub async fn get_token(
+    State(app): State<AppState>,
+    Authed(caller): Authed,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    let scope = scope_from_path(path_rest(&uri, "/api/tokens/"))?;
+    let query = parse_query(uri.query())?;
+    if query.scope.is_some() {
+        return Err(InputError::ScopeTwice.into());
+    }
+    serve(
+        &app,
+        &caller,
+        TokenKey::new(scope, query.user),
+        query.min_validity,
+    )
+    .await
+}
+
+/// `GET /api/tokens?scope=X` reads a token; `GET /api/tokens` lists them.
+pub async fn list_or_get(
+    State(app): State<AppState>,
+    Authed(caller): Authed,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    let query = parse_query(uri.query())?;
+    match query.scope {
+        Some(scope) => {
+            serve(
+                &app,
+                &caller,
+                TokenKey::new(scope, query.user),
+                query.min_validity,
+            )
+            .await
+        }
+        None => list(&app, &caller, query.user.as_ref()).await,
+    }
+}
+
+async fn serve(
+    app: &AppState,
+    caller: &Caller,
+    key: TokenKey,
+    min_validity: Option<u64>,
+) -> Result<Response, ApiError> {
+    if !caller.may_read(&key) {
+        audit(&caller.name, "read", &key, Outcome::Denied, None);
+        return Err(ApiError::forbidden(&key));
+    }
+    // A caller may ask for more validity than the service minimum, never for less.
+    let floor = app.refresher.settings().min_validity_secs;
+    let min_validity = min_validity.unwrap_or(floor).max(floor);
+    let record = match app.refresher.ensure(&key, min_validity).await {
+        Ok(Some(record)) if record.seconds_left(unix_now()) >= min_validity as i64 => record,
+        Ok(_) => {
+            audit(&caller.name, "read", &key, Outcome::NotFound, None);
+            return Err(ApiError::token_not_found(&key).with("min_validity", min_validity));
+        }
+        Err(error) => {
+            audit(&caller.name, "read", &key, Outcome::Failed, None);
+            return Err(ApiError::refresh(&error, &key));
+        }
+    };
+    audit(&caller.name, "read", &key, Outcome::Ok, Some(&record.token));
+    let mut body = json!({
+        "token": record.token.expose(),
+        "expires_on": record.expires_on,
+        "scope": record.scope,
+        "refresh_count": record.refresh_count,
+        "stored_at": record.stored_at,
+    });
+    if let Some(user) = &record.user_id {
+        body["user_id"] = Value::from(user.as_str());
+    }
+    Ok(Json(body).into_response())
+}
+
+async fn list(
+    app: &AppState,
+    caller: &Caller,
+    user: Option<&UserId>,
+) -> Result<Response, ApiError> {
+    let listing = app.refresher.store().list().await.map_err(|e| {
+        tracing::error!(error = %e, "token store failed");
+        ApiError::store_unavailable()
+    })?;
+    let keys = app.refresher.store().keys();
+    let now = unix_now();
+    let tokens: Vec<Value> = listing
+        .tokens
+        .iter()
+        .filter(|(key, record)| record.expires_on > now && caller.may_read(key))
+        .filter(|(key, _)| user.is_none() || key.user() == user)
+        .map(|(key, record)| list_entry(&keys.token(key), record))
+        .collect();
+    Ok(Json(json!({"count": tokens.len(), "tokens": tokens})).into_response())
+}
+
+/// Metadata only: a listing never carries a token value.
+fn list_entry(full_key: &str, record: &TokenRecord) -> Value {
+    let mut entry = json!({
+        "scope": record.scope,
+        "expires_on": record.expires_on,
+        "stored_at": record.stored_at,
+        "refresh_count": record.refresh_count,
+        "key": full_key,
+        "flow": record.metadata.flow,
+    });
+    if let Some(user) = &record.user_id {
+        entry["user_id"] = Value::from(user.as_str());
+    }
+    entry
+}
+
+/// `GET /api/tokens/health`: open to anyone, no token data.
+pub async fn health(State(app): State<AppState>) -> Response {
+    let store = app.refresher.store();
+    let reachable = store.ping().await.is_ok();
+    let count = match reachable {
+        true => store.active_count().await.ok(),
+        false => None,
+    };
+    let healthy = reachable && count.is_some();
+    let body = json!({
+        "status": if healthy { "healthy" } else { "unhealthy" },
+        "redis_connected": healthy && store.kind() == "redis",
+        "active_token_count": count.unwrap_or(0),
+        "timestamp": unix_now(),
+        "store": store.kind(),
+    });
+    let status = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+/// `POST /api/tokens/refresh/{scope}`: a new token from the identity provider.
+pub async fn refresh(
+    State(app): State<AppState>,
+    Authed(caller): Authed,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    let scope = scope_from_path(path_rest(&uri, "/api/tokens/refresh/"))
+        .map_err(|e| ApiError::from(e).refresh_failed())?;
+    let query = parse_query(uri.query()).map_err(|e| ApiError::from(e).refresh_failed())?;
+    let key = TokenKey::new(scope, query.user);
+    if !caller.may_read(&key) {
+        audit(&caller.name, "refresh", &key, Outcome::Denied, None);
+        return Err(ApiError::forbidden(&key).refresh_failed());
+    }
+    match app.refresher.force(&key).await {
+        Ok(Some(record)) => {
+            audit(
+                &caller.name,
+                "refresh",
+                &key,
+                Outcome::Ok,
+                Some(&record.token),
+            );
+            Ok(Json(json!({
+                "status": "success",
+                "message": format!("Token refreshed for scope: {}", key.scope()),
+                "scope": key.scope().as_str(),
+                "expires_on": record.expires_on,
+                "refresh_count": record.refresh_count,
+            }))
+            .into_response())
+        }
+        Ok(None) => {
+            audit(&caller.name, "refresh", &key, Outcome::NotFound, None);
+            let message = match key.user() {
+                Some(_) => "No refresh grant is stored for this user and scope",
+                None => {
+                    "This scope is not stored and on-demand acquisition is off (TOKEN_ON_DEMAND=false); add it to TOKEN_SCOPES"
+                }
+            };
+            Err(ApiError::token_not_found(&key)
+                .with("message", message)
+                .refresh_failed())
+        }
+        Err(error) => {
+            audit(&caller.name, "refresh", &key, Outcome::Failed, None);
+            Err(ApiError::refresh(&error, &key).refresh_failed())
+        }
+    }
+}
+
+/// `DELETE /api/tokens/{scope}`: admin only.
+pub async fn delete_token(
+    State(app): State<AppState>,
+    Authed(caller): Authed,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    let scope = scope_from_path(path_rest(&uri, "/api/tokens/"))?;
+    let query = parse_query(uri.query())?;
+    let key = TokenKey::new(scope, query.user);
+    if !caller.admin {
+        audit(&caller.name, "delete", &key, Outcome::Denied, None);
+        return Err(ApiError::admin_only());
+    }
+    match app.refresher.store().delete(&key).await {
+        Ok(true) => {
+            audit(&caller.name, "delete", &key, Outcome::Ok, None);
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        Ok(false) => {
+            audit(&caller.name, "delete", &key, Outcome::NotFound, None);
+            Err(ApiError::token_not_found(&key))
+        }
+        Err(error) => {
+            audit(&caller.name, "delete", &key, Outcome::Failed, None);
+            tracing::error!(%error, "token store failed");
+            Err(ApiError::store_unavailable())
+        }
+    }
+}

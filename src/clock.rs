@@ -1,0 +1,10 @@
+//! Wall-clock time in the unit the Redis layout uses (Unix seconds).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}

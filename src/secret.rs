@@ -1,0 +1,68 @@
+//! Values that must never reach a log line, an error message or a `Debug` print.
+
+use serde::{Deserialize, Deserializer};
+use sha2::{Digest, Sha256};
+use std::fmt;
+
+/// An access token, refresh token, password, client secret or API key.
+///
+/// `Debug` redacts, there is no `Display`, and reading the value is an explicit
+/// [`Secret::expose`] call, so a secret can only leave this type on purpose.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// First 12 hex digits of the SHA-256 of the value: enough to correlate audit
+    /// events about one token, useless for recovering it.
+    pub fn fingerprint(&self) -> String {
+        let digest = Sha256::digest(self.0.as_bytes());
+        let mut hex = String::with_capacity(12);
+        for byte in &digest[..6] {
+            hex.push_str(&format!("{byte:02x}"));
+        }
+        hex
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Secret)
+    }
+}
+
+/// For the one place a secret is written on purpose: the token JSON in the store.
+pub fn serialize_exposed<S: serde::Serializer>(secret: &Secret, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(secret.expose())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_the_value() {
+        let secret = Secret::new("eyJ-very-secret");
+        assert!(!format!("{secret:?}").contains("very-secret"));
+        assert!(!format!("{:?}", Some(&secret)).contains("very-secret"));
+    }
+
+    #[test]
+    fn fingerprint_is_12_hex_digits_of_sha256() {
+        // sha256("abc") = ba7816bf8f01cfea414140de5dae2223...
+        assert_eq!(Secret::new("abc").fingerprint(), "ba7816bf8f01");
+    }
+}

@@ -1,0 +1,88 @@
+//! Every Redis key name of SPEC §4, in one place.
+
+use crate::domain::{Scope, TokenKey, UserId};
+
+#[derive(Clone, Debug)]
+pub struct Keys {
+    ns: String,
+}
+
+impl Keys {
+    pub fn new(namespace: &str) -> Self {
+        Self {
+            ns: namespace.to_owned(),
+        }
+    }
+
+    /// `{ns}tokens:agent:{scope}` or `{ns}tokens:user:{user_id}:{scope}`.
+    pub fn token(&self, key: &TokenKey) -> String {
+        match key {
+            TokenKey::Agent(scope) => format!("{}tokens:agent:{scope}", self.ns),
+            TokenKey::User(user, scope) => format!("{}tokens:user:{user}:{scope}", self.ns),
+        }
+    }
+
+    /// The set of full keys of stored tokens.
+    pub fn active(&self) -> String {
+        format!("{}tokens:active", self.ns)
+    }
+
+    /// Where a token's refresh token lives: never inside the token JSON that other
+    /// applications read. `secret:` cannot collide with `agent:`/`user:` keys.
+    pub fn secret(&self, key: &TokenKey) -> String {
+        match key {
+            TokenKey::Agent(scope) => format!("{}tokens:secret:agent:{scope}", self.ns),
+            TokenKey::User(user, scope) => {
+                format!("{}tokens:secret:user:{user}:{scope}", self.ns)
+            }
+        }
+    }
+
+    /// The inverse of [`Keys::token`], for members of the active set. `None` for a
+    /// member this service would never have written.
+    pub fn parse_token(&self, full: &str) -> Option<TokenKey> {
+        let rest = full.strip_prefix(&self.ns)?.strip_prefix("tokens:")?;
+        if let Some(scope) = rest.strip_prefix("agent:") {
+            return Some(TokenKey::Agent(Scope::parse(scope).ok()?));
+        }
+        // A user id never contains ':', so the first ':' ends it.
+        let (user, scope) = rest.strip_prefix("user:")?.split_once(':')?;
+        Some(TokenKey::User(
+            UserId::parse(user).ok()?,
+            Scope::parse(scope).ok()?,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_follow_the_layout_and_parse_back() {
+        let keys = Keys::new("annika:");
+        let scope = Scope::parse("https://graph.microsoft.com/.default").unwrap();
+        let agent = TokenKey::Agent(scope.clone());
+        let user = TokenKey::User(
+            UserId::parse("user123").unwrap(),
+            Scope::parse("User.Read Mail.Send").unwrap(),
+        );
+        assert_eq!(
+            keys.token(&agent),
+            "annika:tokens:agent:https://graph.microsoft.com/.default"
+        );
+        assert_eq!(
+            keys.token(&user),
+            "annika:tokens:user:user123:User.Read Mail.Send"
+        );
+        assert_eq!(keys.active(), "annika:tokens:active");
+        assert_eq!(
+            keys.secret(&agent),
+            "annika:tokens:secret:agent:https://graph.microsoft.com/.default"
+        );
+        assert_eq!(keys.parse_token(&keys.token(&agent)), Some(agent));
+        assert_eq!(keys.parse_token(&keys.token(&user)), Some(user));
+        assert_eq!(keys.parse_token("other:tokens:agent:x"), None);
+        assert_eq!(keys.parse_token("annika:tokens:secret:agent:x"), None);
+    }
+}
