@@ -54,17 +54,21 @@ impl Scope {
     pub const MAX_LEN: usize = 1024;
 
     pub fn parse(raw: &str) -> Result<Self, InputError> {
-        let folded = raw.split_ascii_whitespace().collect::<Vec<_>>().join(" ");
+        // Control characters (tabs and newlines included) are refused, not folded:
+        // a scope is one line of printable ASCII.
+        if !raw.bytes().all(|b| (0x20..=0x7e).contains(&b)) {
+            return Err(InputError::ScopeCharacters);
+        }
+        let folded = raw
+            .split(' ')
+            .filter(|p| !p.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ");
         if folded.is_empty() {
             return Err(InputError::EmptyScope);
         }
         if folded.len() > Self::MAX_LEN {
             return Err(InputError::ScopeTooLong);
-        }
-        // After folding, only ' ' remains of the whitespace; tabs, newlines and every
-        // other control or non-ASCII character is refused.
-        if !folded.bytes().all(|b| (0x20..=0x7e).contains(&b)) {
-            return Err(InputError::ScopeCharacters);
         }
         Ok(Self(folded))
     }
@@ -165,7 +169,7 @@ mod tests {
 
     #[test]
     fn scope_is_trimmed_and_whitespace_folded_but_otherwise_kept() {
-        let scope = Scope::parse("  User.Read \t\n Mail.Send  ").unwrap();
+        let scope = Scope::parse("  User.Read    Mail.Send  ").unwrap();
         assert_eq!(scope.as_str(), "User.Read Mail.Send");
         let scope = Scope::parse("Mail.Send User.Read").unwrap();
         assert_eq!(scope.as_str(), "Mail.Send User.Read", "no sorting");
@@ -182,6 +186,8 @@ mod tests {
         assert_eq!(Scope::parse("a\u{0}b"), Err(InputError::ScopeCharacters));
         assert_eq!(Scope::parse("a\u{7f}"), Err(InputError::ScopeCharacters));
         assert_eq!(Scope::parse("café"), Err(InputError::ScopeCharacters));
+        assert_eq!(Scope::parse("a\tb"), Err(InputError::ScopeCharacters));
+        assert_eq!(Scope::parse("a\nb"), Err(InputError::ScopeCharacters));
     }
 
     #[test]

@@ -83,6 +83,12 @@ impl Refresher {
         &self.settings
     }
 
+    /// Callers waiting on or running the flight for `key`: lock contention, for
+    /// metrics, and for tests that must know every caller has arrived.
+    pub fn flight_waiters(&self, key: &TokenKey) -> usize {
+        self.flights.waiters(key)
+    }
+
     /// Whether this service may go to the identity provider for `key` unasked.
     fn may_acquire(&self, key: &TokenKey) -> bool {
         match key {
@@ -300,6 +306,12 @@ impl Flights {
     fn slot(&self, key: &TokenKey) -> Arc<tokio::sync::Mutex<Flight>> {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         slots.entry(key.clone()).or_default().clone()
+    }
+
+    fn waiters(&self, key: &TokenKey) -> usize {
+        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        // Every caller holds one clone; the map holds one more.
+        slots.get(key).map_or(0, |slot| Arc::strong_count(slot) - 1)
     }
 
     /// Drops the slot once nobody else holds it, so the map does not grow with

@@ -30,15 +30,15 @@ pub fn parse_query(raw: Option<&str>) -> Result<TokenQuery, InputError> {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
         match name {
             "scope" => {
-                let value = decode(value, "scope parameter", true)?;
+                let value = decode(value, "scope parameter")?;
                 set_once(&mut query.scope, Scope::parse(&value)?, "scope")?;
             }
             "user_id" => {
-                let value = decode(value, "user_id parameter", true)?;
+                let value = decode(value, "user_id parameter")?;
                 set_once(&mut query.user, UserId::parse(&value)?, "user_id")?;
             }
             "min_validity" => {
-                let value = decode(value, "min_validity parameter", true)?;
+                let value = decode(value, "min_validity parameter")?;
                 let secs = value
                     .parse::<u64>()
                     .ok()
@@ -66,18 +66,15 @@ pub fn scope_from_path(rest: &str) -> Result<Scope, InputError> {
     if rest.len() > 3 * Scope::MAX_LEN {
         return Err(InputError::ScopeTooLong);
     }
-    let decoded = decode(rest, "scope in the path", true)?;
-    let parts: Vec<Cow<'_, str>> = decoded
-        .split_ascii_whitespace()
-        .map(unfold_scheme)
-        .collect();
+    let decoded = decode(rest, "scope in the path")?;
+    let parts: Vec<Cow<'_, str>> = decoded.split(' ').map(unfold_scheme).collect();
     Scope::parse(&parts.join(" "))
 }
 
 /// Percent-decodes strictly: a `%` not followed by two hex digits is an error, as
-/// is a result that is not UTF-8. With `plus_is_space`, a literal `+` separates
-/// scopes (an encoded `%2B` stays a `+`).
-fn decode(raw: &str, what: &'static str, plus_is_space: bool) -> Result<String, InputError> {
+/// is a result that is not UTF-8. A literal `+` separates scopes, as in a query
+/// string (an encoded `%2B` stays a `+`).
+fn decode(raw: &str, what: &'static str) -> Result<String, InputError> {
     let bytes = raw.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -94,7 +91,7 @@ fn decode(raw: &str, what: &'static str, plus_is_space: bool) -> Result<String, 
                 );
                 i += 3;
             }
-            b'+' if plus_is_space => {
+            b'+' => {
                 out.push(b' ');
                 i += 1;
             }

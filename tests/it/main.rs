@@ -1,0 +1,8 @@
+//! One integration binary (one link of this dependency tree, not one per file).
+//! Every test starts its own redis-server and identity-provider double.
+
+mod support;
+
+mod api;
+mod host;
+mod layout;

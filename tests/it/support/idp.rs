@@ -1,0 +1,302 @@
+//! A test double of the Microsoft Entra ID v2.0 token endpoint, served over HTTP
+//! on loopback: form posts to `/{tenant}/oauth2/v2.0/token` with the password,
+//! client_credentials and refresh_token grants, Entra's success and error bodies,
+//! a configurable `expires_in`/`refresh_in`, failure injection, a gate that holds
+//! requests, and counters.
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::{Form, Json, Router, routing::post};
+use base64::Engine as _;
+use serde_json::json;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
+
+pub const TENANT: &str = "test-tenant";
+pub const CLIENT_ID: &str = "11111111-2222-3333-4444-555555555555";
+pub const CLIENT_SECRET: &str = "client-secret-value-for-tests";
+pub const USER: &str = "agent@contoso.test";
+pub const PASSWORD: &str = "agent-password-for-tests";
+
+/// An Entra-style failure to answer with.
+#[derive(Clone, Debug)]
+pub struct Failure {
+    pub status: u16,
+    pub error: &'static str,
+    pub code: u32,
+    pub retry_after: Option<u64>,
+}
+
+impl Failure {
+    pub fn throttled(retry_after: u64) -> Self {
+        Self {
+            status: 429,
+            error: "temporarily_unavailable",
+            code: 50196,
+            retry_after: Some(retry_after),
+        }
+    }
+    pub fn unavailable(retry_after: u64) -> Self {
+        Self {
+            status: 503,
+            error: "temporarily_unavailable",
+            code: 90006,
+            retry_after: Some(retry_after),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    counts: HashMap<String, usize>,
+    requests: Vec<HashMap<String, String>>,
+    next_failures: VecDeque<Failure>,
+    outage: Option<Failure>,
+    refresh_tokens: HashSet<String>,
+    issued: Vec<String>,
+}
+
+struct IdpState {
+    inner: Mutex<Inner>,
+    expires_in: AtomicU64,
+    refresh_in: AtomicU64,
+    serial: AtomicU64,
+    gate: watch::Sender<bool>,
+    arrivals: watch::Sender<usize>,
+}
+
+pub struct Idp {
+    pub addr: SocketAddr,
+    state: Arc<IdpState>,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Idp {
+    pub async fn start() -> Self {
+        let state = Arc::new(IdpState {
+            inner: Mutex::default(),
+            expires_in: AtomicU64::new(3599),
+            refresh_in: AtomicU64::new(0),
+            serial: AtomicU64::new(0),
+            gate: watch::Sender::new(false),
+            arrivals: watch::Sender::new(0),
+        });
+        let app = Router::new()
+            .route("/{tenant}/oauth2/v2.0/token", post(token))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind idp");
+        let addr = listener.local_addr().expect("idp addr");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        Self {
+            addr,
+            state,
+            _stop: stop,
+        }
+    }
+
+    pub fn authority(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Variables for the password flow against this double.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("AZURE_AUTHORITY_HOST".into(), self.authority()),
+            ("AZURE_TENANT_ID".into(), TENANT.into()),
+            ("AZURE_CLIENT_ID".into(), CLIENT_ID.into()),
+            ("AZURE_CLIENT_SECRET".into(), CLIENT_SECRET.into()),
+            ("AGENT_USER_NAME".into(), USER.into()),
+            ("AGENT_PASSWORD".into(), PASSWORD.into()),
+        ]
+    }
+
+    fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.state.inner.lock().unwrap()
+    }
+
+    /// Requests that reached the endpoint, whatever their answer.
+    pub fn requests(&self) -> usize {
+        *self.state.arrivals.borrow()
+    }
+
+    pub fn count(&self, grant_type: &str) -> usize {
+        self.inner().counts.get(grant_type).copied().unwrap_or(0)
+    }
+
+    /// The form fields of every request, in order of arrival.
+    pub fn forms(&self) -> Vec<HashMap<String, String>> {
+        self.inner().requests.clone()
+    }
+
+    pub fn set_expires_in(&self, secs: u64) {
+        self.state.expires_in.store(secs, Ordering::SeqCst);
+    }
+
+    /// The next request fails this way (queued, one per request).
+    pub fn fail_next(&self, failure: Failure) {
+        self.inner().next_failures.push_back(failure);
+    }
+
+    /// Every request fails this way until `None`.
+    pub fn set_outage(&self, failure: Option<Failure>) {
+        self.inner().outage = failure;
+    }
+
+    pub fn revoke_refresh_tokens(&self) {
+        self.inner().refresh_tokens.clear();
+    }
+
+    /// Hold every request until [`Idp::release`].
+    pub fn hold(&self) {
+        self.state.gate.send_replace(true);
+    }
+
+    pub fn release(&self) {
+        self.state.gate.send_replace(false);
+    }
+
+    /// Every access and refresh token this double has issued.
+    pub fn issued(&self) -> Vec<String> {
+        self.inner().issued.clone()
+    }
+}
+
+fn entra_error(failure: &Failure) -> Response {
+    let body = json!({
+        "error": failure.error,
+        "error_description": format!("AADSTS{}: injected by the test identity provider. Trace ID: 0000 Correlation ID: 0000 Timestamp: 2026-11-26 10:00:00Z", failure.code),
+        "error_codes": [failure.code],
+        "timestamp": "2026-11-26 10:00:00Z",
+        "trace_id": "00000000-0000-0000-0000-000000000000",
+        "correlation_id": "00000000-0000-0000-0000-000000000000",
+    });
+    let status = StatusCode::from_u16(failure.status).unwrap_or(StatusCode::BAD_REQUEST);
+    let mut response = (status, Json(body)).into_response();
+    if let Some(secs) = failure.retry_after {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    response
+}
+
+fn refuse(status: u16, error: &'static str, code: u32) -> Response {
+    entra_error(&Failure {
+        status,
+        error,
+        code,
+        retry_after: None,
+    })
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+async fn token(
+    State(state): State<Arc<IdpState>>,
+    Path(tenant): Path<String>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let grant = form.get("grant_type").cloned().unwrap_or_default();
+    let failure = {
+        let mut inner = state.inner.lock().unwrap();
+        *inner.counts.entry(grant.clone()).or_default() += 1;
+        inner.requests.push(form.clone());
+        inner
+            .next_failures
+            .pop_front()
+            .or_else(|| inner.outage.clone())
+    };
+    state.arrivals.send_modify(|n| *n += 1);
+    let mut gate = state.gate.subscribe();
+    let _ = gate.wait_for(|held| !held).await;
+
+    if let Some(failure) = failure {
+        return entra_error(&failure);
+    }
+    if tenant != TENANT {
+        return refuse(400, "invalid_tenant", 90002);
+    }
+    if form.get("client_id").map(String::as_str) != Some(CLIENT_ID) {
+        return refuse(400, "unauthorized_client", 700016);
+    }
+    if form.get("client_secret").map(String::as_str) != Some(CLIENT_SECRET) {
+        return refuse(401, "invalid_client", 7000215);
+    }
+    let Some(scope) = form.get("scope").filter(|s| !s.trim().is_empty()) else {
+        return refuse(400, "invalid_request", 900144);
+    };
+    if scope.split(' ').any(|s| s.starts_with("bad")) {
+        return refuse(400, "invalid_scope", 70011);
+    }
+    let offline = scope.split(' ').any(|s| s == "offline_access");
+    match grant.as_str() {
+        "password" => {
+            if form.get("username").map(String::as_str) != Some(USER)
+                || form.get("password").map(String::as_str) != Some(PASSWORD)
+            {
+                return refuse(400, "invalid_grant", 50126);
+            }
+        }
+        "client_credentials" => {
+            if !scope.ends_with("/.default") {
+                return refuse(400, "invalid_scope", 1002012);
+            }
+        }
+        "refresh_token" => {
+            let known = form
+                .get("refresh_token")
+                .is_some_and(|rt| state.inner.lock().unwrap().refresh_tokens.contains(rt));
+            if !known {
+                return refuse(400, "invalid_grant", 70000);
+            }
+        }
+        _ => return refuse(400, "unsupported_grant_type", 70003),
+    }
+
+    let serial = state.serial.fetch_add(1, Ordering::SeqCst);
+    let expires_in = state.expires_in.load(Ordering::SeqCst);
+    let payload =
+        json!({"aud": scope, "n": serial, "grant": grant, "nonce": rand::random::<u64>()});
+    let access_token = format!(
+        "{}.{}.{}",
+        b64(br#"{"typ":"JWT","alg":"RS256"}"#),
+        b64(payload.to_string().as_bytes()),
+        b64(&rand::random::<[u8; 16]>())
+    );
+    let mut body = json!({
+        "token_type": "Bearer",
+        "scope": scope,
+        "expires_in": expires_in,
+        "ext_expires_in": expires_in,
+        "access_token": access_token,
+    });
+    let refresh_in = state.refresh_in.load(Ordering::SeqCst);
+    if refresh_in > 0 {
+        body["refresh_in"] = json!(refresh_in);
+    }
+    let mut inner = state.inner.lock().unwrap();
+    inner.issued.push(access_token);
+    // Delegated grants return a refresh token when offline_access was asked for.
+    if offline && grant != "client_credentials" {
+        let refresh_token = format!("rt-{serial}-{}", b64(&rand::random::<[u8; 24]>()));
+        inner.refresh_tokens.insert(refresh_token.clone());
+        inner.issued.push(refresh_token.clone());
+        body["refresh_token"] = json!(refresh_token);
+    }
+    Json(body).into_response()
+}

@@ -1,0 +1,235 @@
+//! Test harness: real redis-server, the identity-provider double, and the service
+//! either in-process (`TestApp`, port 0) or as the `handler` binary the way the
+//! Functions host starts it (`Handler`).
+
+pub mod idp;
+pub mod redis_server;
+
+pub use self::idp::{Failure, Idp};
+pub use self::redis_server::{RedisServer, free_port};
+
+use reqwest::StatusCode;
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use token_broker::callers::new_key;
+use token_broker::config::Config;
+use token_broker::{AppState, Issuer};
+
+pub const GRAPH: &str = "https://graph.microsoft.com/.default";
+pub const GRAPH_ENCODED: &str = "https%3A%2F%2Fgraph.microsoft.com%2F.default";
+
+/// API keys of a test app: the key strings and the `TOKEN_API_KEYS` JSON.
+pub struct Keys {
+    /// Admin: everything.
+    pub admin: String,
+    /// Graph and `User.*` agent tokens only (`users: []`).
+    pub reader: String,
+    /// Any scope, but only user `alice`'s tokens and agent tokens.
+    pub alice: String,
+    pub json: String,
+}
+
+impl Keys {
+    pub fn new() -> Self {
+        let (admin, admin_entry) = new_key("admin-app", vec![], vec![], true);
+        let (reader, reader_entry) = new_key(
+            "reader-app",
+            vec![GRAPH.into(), "User.*".into()],
+            vec![],
+            false,
+        );
+        let (alice, alice_entry) =
+            new_key("alice-app", vec!["*".into()], vec!["alice".into()], false);
+        let json = serde_json::to_string(&[admin_entry, reader_entry, alice_entry]).unwrap();
+        Self {
+            admin: admin.expose().to_owned(),
+            reader: reader.expose().to_owned(),
+            alice: alice.expose().to_owned(),
+            json,
+        }
+    }
+}
+
+/// The service in this process, on port 0, with its own Redis and identity provider.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub state: AppState,
+    pub redis: RedisServer,
+    pub idp: Idp,
+    pub keys: Keys,
+    pub http: reqwest::Client,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        Self::spawn_with(&[]).await
+    }
+
+    /// `extra` variables override the defaults (password flow, Graph warm scope).
+    pub async fn spawn_with(extra: &[(&str, &str)]) -> Self {
+        let redis = RedisServer::start();
+        let idp = Idp::start().await;
+        let keys = Keys::new();
+        let mut vars = redis.env();
+        vars.extend(idp.env());
+        vars.push(("TOKEN_API_KEYS".into(), keys.json.clone()));
+        for (name, value) in extra {
+            vars.retain(|(k, _)| k != name);
+            vars.push((name.to_string(), value.to_string()));
+        }
+        let config = Config::from_vars(vars).expect("test config");
+        let state = AppState::build(&config, Issuer::Entra).expect("app state");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(token_broker::serve(listener, state.clone(), async {
+            let _ = stopped.await;
+        }));
+        Self {
+            addr,
+            state,
+            redis,
+            idp,
+            keys,
+            http: reqwest::Client::new(),
+            _stop: stop,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        key: Option<&str>,
+    ) -> (StatusCode, Value, reqwest::header::HeaderMap) {
+        send(&self.http, method, &self.url(path), key).await
+    }
+
+    pub async fn get(&self, path: &str, key: Option<&str>) -> (StatusCode, Value) {
+        let (status, body, _) = self.send(reqwest::Method::GET, path, key).await;
+        (status, body)
+    }
+
+    pub async fn post(&self, path: &str, key: Option<&str>) -> (StatusCode, Value) {
+        let (status, body, _) = self.send(reqwest::Method::POST, path, key).await;
+        (status, body)
+    }
+
+    pub async fn delete(&self, path: &str, key: Option<&str>) -> (StatusCode, Value) {
+        let (status, body, _) = self.send(reqwest::Method::DELETE, path, key).await;
+        (status, body)
+    }
+
+    /// Every key in the test Redis, sorted.
+    pub fn redis_keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = ::redis::cmd("KEYS")
+            .arg("*")
+            .query(&mut self.redis.conn())
+            .unwrap();
+        keys.sort();
+        keys
+    }
+}
+
+/// One request; the body parsed as JSON (`Value::Null` when empty). Panics when a
+/// non-empty body is not JSON: every answer of the service must be.
+pub async fn send(
+    http: &reqwest::Client,
+    method: reqwest::Method,
+    url: &str,
+    key: Option<&str>,
+) -> (StatusCode, Value, reqwest::header::HeaderMap) {
+    let mut request = http.request(method, url);
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    let response = request.send().await.expect("request reaches the service");
+    let status = response.status();
+    let headers = response.headers().clone();
+    let text = response.text().await.unwrap();
+    let body = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("{status} body is not JSON: {text}"))
+    };
+    (status, body, headers)
+}
+
+/// The `handler` binary, started like the Functions host starts it; killed on drop.
+pub struct Handler {
+    pub child: Child,
+    pub port: u16,
+}
+
+impl Handler {
+    /// Starts `handler` with `args` and exactly the variables in `env` (plus PATH).
+    pub fn start(args: &[&str], env: &[(String, String)], port: u16) -> Self {
+        let child = Command::new(env!("CARGO_BIN_EXE_handler"))
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RUST_LOG", "info")
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the handler binary");
+        Self { child, port }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// What the host does: `GET /` every 25 ms until any HTTP answer, giving up
+    /// after 30 s. Returns the status of the first answer.
+    pub async fn wait_for_probe(&mut self) -> StatusCode {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(1))
+            .build()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(response) = http.get(self.url("/")).send().await {
+                return response.status();
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("handler exited during start-up: {status}");
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("Initializing HttpWorker timed out: handler never answered GET /");
+    }
+
+    /// Sends SIGTERM and waits (at most 10 s) for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill -TERM");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "handler did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Handler {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
