@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The project's test command (README, CI): installs what the tests need when it is
+# missing, then checks formatting and lints and runs every test. Each test starts
+# its own redis-server on a free loopback port and stops it when done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v redis-server >/dev/null 2>&1; then
+    echo "test.sh: redis-server not found; installing it from Debian's packages"
+    sudo=""
+    if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-server >/dev/null
+fi
+echo "test.sh: $(redis-server --version)"
+
+cargo fmt --check
+cargo clippy --all-targets --locked -- -D warnings
+cargo test --all-targets --locked
