@@ -30,7 +30,7 @@ pub struct AppState(Arc<Inner>);
 
 pub struct Inner {
     /// The store, the identity flow and the per-key flights.
-    pub refresher: Refresher,
+    pub refresher: Arc<Refresher>,
     /// Who may call, and what each caller may read.
     pub callers: Callers,
 }
@@ -68,7 +68,7 @@ impl AppState {
             on_demand: config.on_demand,
         };
         Ok(Self(Arc::new(Inner {
-            refresher: Refresher::new(store, identity, settings),
+            refresher: Arc::new(Refresher::new(store, identity, settings)),
             callers: Callers::new(config.auth, &config.api_keys),
         })))
     }

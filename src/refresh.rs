@@ -23,6 +23,9 @@ pub enum RefreshError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Idp(#[from] IdpError),
+    /// The task doing the refresh panicked or was cancelled at shutdown.
+    #[error("the refresh task stopped before finishing")]
+    Aborted,
 }
 
 #[derive(Debug, Clone)]
@@ -104,12 +107,12 @@ impl Refresher {
     /// give. However many callers ask at once, one request goes to the identity
     /// provider.
     pub async fn ensure(
-        &self,
+        self: &Arc<Self>,
         key: &TokenKey,
         min_validity: u64,
     ) -> Result<Option<TokenRecord>, RefreshError> {
         let arrived = Instant::now();
-        let good = |r: &TokenRecord| r.seconds_left(unix_now()) >= min_validity as i64;
+        let good = move |r: &TokenRecord| r.seconds_left(unix_now()) >= min_validity as i64;
         let stored = self.store.get(key).await?;
         if let Some(record) = stored.as_ref().filter(|r| good(r)) {
             return Ok(Some(record.clone()));
@@ -126,7 +129,10 @@ impl Refresher {
     /// A new token from the identity provider, bypassing every cache. Callers that
     /// arrive while a request is already out share the one that starts after them.
     /// `None` when the key is not stored and may not be acquired.
-    pub async fn force(&self, key: &TokenKey) -> Result<Option<TokenRecord>, RefreshError> {
+    pub async fn force(
+        self: &Arc<Self>,
+        key: &TokenKey,
+    ) -> Result<Option<TokenRecord>, RefreshError> {
         let arrived = Instant::now();
         if matches!(key, TokenKey::User(..)) {
             // A user token is refreshed with the user's own grant, which this build
@@ -142,7 +148,7 @@ impl Refresher {
     /// Refreshes every due agent token and acquires missing warm scopes, at most
     /// `TOKEN_REFRESH_CONCURRENCY` at a time; prunes dangling active-set members.
     /// Fails only when the store cannot be read.
-    pub async fn sweep(&self) -> Result<SweepSummary, StoreError> {
+    pub async fn sweep(self: &Arc<Self>) -> Result<SweepSummary, StoreError> {
         let started = Instant::now();
         let listing = self.store.list().await?;
         let mut summary = SweepSummary {
@@ -174,7 +180,7 @@ impl Refresher {
             .map(|key| async move {
                 let arrived = Instant::now();
                 // Another trigger may have refreshed it since the listing.
-                let fresh = |r: &TokenRecord| r.seconds_left(unix_now()) > window;
+                let fresh = move |r: &TokenRecord| r.seconds_left(unix_now()) > window;
                 let result = self.flight(&key, arrived, fresh).await;
                 let outcome = if result.is_ok() {
                     Outcome::Ok
@@ -204,19 +210,27 @@ impl Refresher {
 
     /// Runs one identity-provider request for `key` unless `good_enough` accepts
     /// what is stored, or a request that started after `arrived` already finished.
+    ///
+    /// The work runs in its own task: a caller that goes away (a client hanging up)
+    /// does not cancel a request the other waiters depend on.
     async fn flight(
-        &self,
+        self: &Arc<Self>,
         key: &TokenKey,
         arrived: Instant,
-        good_enough: impl Fn(&TokenRecord) -> bool,
+        good_enough: impl Fn(&TokenRecord) -> bool + Send + 'static,
     ) -> Result<TokenRecord, RefreshError> {
-        let slot = self.flights.slot(key);
-        let result = {
-            let mut flight = slot.lock().await;
-            self.fly(&mut flight, key, arrived, good_enough).await
-        };
-        self.flights.release(key, slot);
-        result
+        let this = Arc::clone(self);
+        let key = key.clone();
+        let task = tokio::spawn(async move {
+            let slot = this.flights.slot(&key);
+            let result = {
+                let mut flight = slot.lock().await;
+                this.fly(&mut flight, &key, arrived, good_enough).await
+            };
+            this.flights.release(&key, slot);
+            result
+        });
+        task.await.unwrap_or(Err(RefreshError::Aborted))
     }
 
     async fn fly(

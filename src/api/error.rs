@@ -129,6 +129,15 @@ impl ApiError {
                 Self::store_unavailable().about(key)
             }
             RefreshError::Idp(e) => Self::idp(e).about(key),
+            RefreshError::Aborted => {
+                let mut e = Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Refresh interrupted",
+                    "The token request stopped before finishing (the service may be shutting down); retry shortly",
+                );
+                e.retry_after = Some(DEFAULT_RETRY_AFTER);
+                e.about(key)
+            }
         }
     }
 
