@@ -69,6 +69,8 @@ struct RawVars {
     token_min_validity_secs: Option<u64>,
     token_refresh_interval_secs: Option<u64>,
     token_refresh_concurrency: Option<usize>,
+    token_idle_secs: Option<u64>,
+    token_refresh_backoff_secs: Option<u64>,
     redis_host: Option<String>,
     redis_port: Option<u16>,
     redis_db: Option<i64>,
@@ -103,6 +105,10 @@ pub struct Config {
     pub min_validity_secs: u64,
     pub refresh_interval_secs: u64,
     pub refresh_concurrency: usize,
+    /// An on-demand token nobody read for this long stops being refreshed.
+    pub idle_secs: u64,
+    /// First retry delay after a failed token request; doubles per failure.
+    pub backoff_base_secs: u64,
     pub redis: RedisSettings,
     /// `REDIS_URL` when given; it overrides [`Config::redis`].
     pub redis_url: Option<Secret>,
@@ -206,6 +212,8 @@ impl Config {
             min_validity_secs: raw.token_min_validity_secs.unwrap_or(300),
             refresh_interval_secs,
             refresh_concurrency,
+            idle_secs: raw.token_idle_secs.unwrap_or(86_400),
+            backoff_base_secs: raw.token_refresh_backoff_secs.unwrap_or(5).max(1),
             redis: RedisSettings {
                 host: raw.redis_host.unwrap_or_else(|| "localhost".to_owned()),
                 port: raw.redis_port.unwrap_or(6379),

@@ -66,6 +66,8 @@ impl AppState {
             concurrency: config.refresh_concurrency,
             warm_scopes: config.scopes.clone(),
             on_demand: config.on_demand,
+            idle_secs: config.idle_secs,
+            backoff_base: Duration::from_secs(config.backoff_base_secs),
         };
         Ok(Self(Arc::new(Inner {
             refresher: Arc::new(Refresher::new(store, identity, settings)),

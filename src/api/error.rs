@@ -129,6 +129,46 @@ impl ApiError {
                 Self::store_unavailable().about(key)
             }
             RefreshError::Idp(e) => Self::idp(e).about(key),
+            RefreshError::BackingOff {
+                retry_after,
+                status,
+            } => {
+                // Answer as the failure being waited out was answered, so a caller
+                // sees the same error whether it asked first or later.
+                let mut e = if status.last_error == "invalid_scope" {
+                    Self::new(
+                        StatusCode::BAD_REQUEST,
+                        "Invalid scope",
+                        "The identity provider does not know this scope",
+                    )
+                } else if status.transient {
+                    Self::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "Identity provider unavailable",
+                        "The last token request for this key failed and no valid token is stored; retry after the given delay",
+                    )
+                } else {
+                    Self::new(
+                        StatusCode::BAD_GATEWAY,
+                        "Token acquisition failed",
+                        "The identity provider refused the last token request for this key; check the service's credentials and consent",
+                    )
+                };
+                e = e
+                    .with("last_error", status.last_error.as_str())
+                    .with("aadsts", aadsts_code(status.aadsts));
+                e.retry_after = Some((*retry_after).max(1));
+                e.about(key)
+            }
+            RefreshError::Busy => {
+                let mut e = Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Refresh in progress",
+                    "Another instance is still refreshing this token; retry shortly",
+                );
+                e.retry_after = Some(DEFAULT_RETRY_AFTER);
+                e.about(key)
+            }
             RefreshError::Aborted => {
                 let mut e = Self::new(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -182,6 +222,11 @@ impl ApiError {
             }
         }
     }
+}
+
+fn aadsts_code(code: Option<u32>) -> Value {
+    code.map(|c| json!(format!("AADSTS{c}")))
+        .unwrap_or(Value::Null)
 }
 
 impl From<InputError> for ApiError {

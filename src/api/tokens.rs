@@ -6,7 +6,7 @@ use crate::AppState;
 use crate::callers::{Caller, Outcome, audit};
 use crate::clock::unix_now;
 use crate::domain::{InputError, TokenKey, UserId};
-use crate::store::TokenRecord;
+use crate::store::{RefreshStatus, TokenRecord};
 use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, Uri};
@@ -84,6 +84,7 @@ async fn serve(
         }
     };
     audit(&caller.name, "read", &key, Outcome::Ok, Some(&record.token));
+    app.refresher.note_read(&key);
     let mut body = json!({
         "token": record.token.expose(),
         "expires_on": record.expires_on,
@@ -106,20 +107,33 @@ async fn list(
         tracing::error!(error = %e, "token store failed");
         ApiError::store_unavailable()
     })?;
-    let keys = app.refresher.store().keys();
+    let store = app.refresher.store();
     let now = unix_now();
-    let tokens: Vec<Value> = listing
+    let visible: Vec<&(TokenKey, TokenRecord)> = listing
         .tokens
         .iter()
         .filter(|(key, record)| record.expires_on > now && caller.may_read(key))
         .filter(|(key, _)| user.is_none() || key.user() == user)
-        .map(|(key, record)| list_entry(&keys.token(key), record))
+        .collect();
+    let visible_keys: Vec<TokenKey> = visible.iter().map(|(k, _)| k.clone()).collect();
+    // Refresh failures are shown with the token; a listing without them is still useful.
+    let statuses = store.statuses(&visible_keys).await.unwrap_or_default();
+    let tokens: Vec<Value> = visible
+        .iter()
+        .enumerate()
+        .map(|(i, (key, record))| {
+            list_entry(
+                &store.keys().token(key),
+                record,
+                statuses.get(i).cloned().flatten(),
+            )
+        })
         .collect();
     Ok(Json(json!({"count": tokens.len(), "tokens": tokens})).into_response())
 }
 
 /// Metadata only: a listing never carries a token value.
-fn list_entry(full_key: &str, record: &TokenRecord) -> Value {
+fn list_entry(full_key: &str, record: &TokenRecord, status: Option<RefreshStatus>) -> Value {
     let mut entry = json!({
         "scope": record.scope,
         "expires_on": record.expires_on,
@@ -130,6 +144,15 @@ fn list_entry(full_key: &str, record: &TokenRecord) -> Value {
     });
     if let Some(user) = &record.user_id {
         entry["user_id"] = Value::from(user.as_str());
+    }
+    if let Some(status) = status {
+        entry["refresh_status"] = json!({
+            "failures": status.failures,
+            "last_error": status.last_error,
+            "aadsts": status.aadsts.map(|c| format!("AADSTS{c}")),
+            "last_attempt": status.last_attempt,
+            "next_attempt": status.next_attempt,
+        });
     }
     entry
 }
@@ -149,6 +172,7 @@ pub async fn health(State(app): State<AppState>) -> Response {
         "active_token_count": count.unwrap_or(0),
         "timestamp": unix_now(),
         "store": store.kind(),
+        "refresh_waiters": app.refresher.all_flight_waiters(),
     });
     let status = if healthy {
         StatusCode::OK

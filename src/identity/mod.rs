@@ -68,6 +68,16 @@ impl IdpError {
         matches!(self, Self::Rejected { error, .. } if error == "invalid_grant")
     }
 
+    /// The error title and `AADSTS` code, for the key's refresh status.
+    pub fn summary(&self) -> (String, Option<u32>) {
+        match self {
+            Self::Rejected { error, aadsts, .. } => (error.clone(), *aadsts),
+            Self::Unavailable { status, aadsts, .. } => (format!("http_{status}"), *aadsts),
+            Self::Unreachable(_) => ("unreachable".to_owned(), None),
+            Self::Protocol(_) => ("bad_response".to_owned(), None),
+        }
+    }
+
     /// Whether trying again later may succeed (throttling, outages, network).
     pub fn is_transient(&self) -> bool {
         !matches!(self, Self::Rejected { .. })

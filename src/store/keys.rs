@@ -16,10 +16,7 @@ impl Keys {
 
     /// `{ns}tokens:agent:{scope}` or `{ns}tokens:user:{user_id}:{scope}`.
     pub fn token(&self, key: &TokenKey) -> String {
-        match key {
-            TokenKey::Agent(scope) => format!("{}tokens:agent:{scope}", self.ns),
-            TokenKey::User(user, scope) => format!("{}tokens:user:{user}:{scope}", self.ns),
-        }
+        format!("{}tokens:{}", self.ns, self.token_suffix(key))
     }
 
     /// The set of full keys of stored tokens.
@@ -30,11 +27,41 @@ impl Keys {
     /// Where a token's refresh token lives: never inside the token JSON that other
     /// applications read. `secret:` cannot collide with `agent:`/`user:` keys.
     pub fn secret(&self, key: &TokenKey) -> String {
+        format!("{}tokens:secret:{}", self.ns, self.token_suffix(key))
+    }
+
+    /// Sorted set of full token keys by the Unix second their refresh is due: a
+    /// sweep reads the due ones with one range query, whatever else is stored.
+    pub fn schedule(&self) -> String {
+        format!("{}tokens:schedule", self.ns)
+    }
+
+    /// Sorted set of full token keys by the Unix second they were last read, so
+    /// on-demand scopes nobody reads any more stop being refreshed.
+    pub fn reads(&self) -> String {
+        format!("{}tokens:reads", self.ns)
+    }
+
+    /// The refresh lease of one token: held by one instance while it asks the
+    /// identity provider for that key.
+    pub fn lease(&self, key: &TokenKey) -> String {
+        format!("{}tokens:lease:{}", self.ns, self.token_suffix(key))
+    }
+
+    /// The refresh status of one token after a failure (last error, next attempt).
+    pub fn status(&self, key: &TokenKey) -> String {
+        format!("{}tokens:status:{}", self.ns, self.token_suffix(key))
+    }
+
+    /// Where the incremental prune of the active set resumes.
+    pub fn prune_cursor(&self) -> String {
+        format!("{}tokens:prune-cursor", self.ns)
+    }
+
+    fn token_suffix(&self, key: &TokenKey) -> String {
         match key {
-            TokenKey::Agent(scope) => format!("{}tokens:secret:agent:{scope}", self.ns),
-            TokenKey::User(user, scope) => {
-                format!("{}tokens:secret:user:{user}:{scope}", self.ns)
-            }
+            TokenKey::Agent(scope) => format!("agent:{scope}"),
+            TokenKey::User(user, scope) => format!("user:{user}:{scope}"),
         }
     }
 
@@ -79,6 +106,14 @@ mod tests {
         assert_eq!(
             keys.secret(&agent),
             "annika:tokens:secret:agent:https://graph.microsoft.com/.default"
+        );
+        assert_eq!(
+            keys.lease(&agent),
+            "annika:tokens:lease:agent:https://graph.microsoft.com/.default"
+        );
+        assert_eq!(
+            keys.status(&user),
+            "annika:tokens:status:user:user123:User.Read Mail.Send"
         );
         assert_eq!(keys.parse_token(&keys.token(&agent)), Some(agent));
         assert_eq!(keys.parse_token(&keys.token(&user)), Some(user));

@@ -1,6 +1,6 @@
 //! The Redis store, in the exact layout of SPEC §4.
 
-use super::{Keys, Listing, PutOutcome, SECRET_TTL_SECS, StoreError, TokenRecord};
+use super::{Keys, Listing, PutOutcome, RefreshStatus, SECRET_TTL_SECS, StoreError, TokenRecord};
 use crate::clock::unix_now;
 use crate::config::{Config, ConfigError};
 use crate::domain::TokenKey;
@@ -8,6 +8,7 @@ use crate::secret::Secret;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, IntoConnectionInfo, RedisResult, Script};
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Writes a token, its TTL and its active-set entry in one atomic step, and bumps
@@ -36,13 +37,35 @@ if current then
 end
 redis.call('SET', KEYS[1], ARGV[1] .. ',"refresh_count":' .. count .. '}', 'EX', ARGV[4])
 redis.call('SADD', KEYS[2], KEYS[1])
+redis.call('ZADD', KEYS[3], ARGV[5], KEYS[1])
+redis.call('DEL', KEYS[4])
 return {1, count}
+"#;
+
+/// Extends a lease only for its owner.
+const RENEW_SCRIPT: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"#;
+
+/// Releases a lease only for its owner: a slow owner whose lease expired and was
+/// taken by another instance must not release the new holder's lease.
+const RELEASE_SCRIPT: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
 "#;
 
 pub struct RedisStore {
     conn: ConnectionManager,
     keys: Keys,
     put_script: Script,
+    renew_script: Script,
+    release_script: Script,
+    round_trips: AtomicU64,
 }
 
 /// How long one Redis command may take before the request it serves gives up.
@@ -89,11 +112,18 @@ impl RedisStore {
             conn,
             keys: Keys::new(&config.namespace),
             put_script: Script::new(PUT_SCRIPT),
+            renew_script: Script::new(RENEW_SCRIPT),
+            release_script: Script::new(RELEASE_SCRIPT),
+            round_trips: AtomicU64::new(0),
         })
     }
 
     pub fn keys(&self) -> &Keys {
         &self.keys
+    }
+
+    pub fn round_trips(&self) -> u64 {
+        self.round_trips.load(Ordering::Relaxed)
     }
 
     /// Runs `op` and, when the connection had dropped, once more: the manager
@@ -103,8 +133,12 @@ impl RedisStore {
         F: Fn(ConnectionManager) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
         match op(self.conn.clone()).await {
-            Err(e) if e.is_connection_dropped() || e.is_io_error() => op(self.conn.clone()).await,
+            Err(e) if e.is_connection_dropped() || e.is_io_error() => {
+                self.round_trips.fetch_add(1, Ordering::Relaxed);
+                op(self.conn.clone()).await
+            }
             other => other,
         }
     }
@@ -120,10 +154,32 @@ impl RedisStore {
         raw.map(|json| parse_record(&name, &json)).transpose()
     }
 
+    pub async fn get_many(
+        &self,
+        keys: &[TokenKey],
+    ) -> Result<Vec<Option<TokenRecord>>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let names: Vec<String> = keys.iter().map(|k| self.keys.token(k)).collect();
+        let values: Vec<Option<String>> = self
+            .run(|mut c| {
+                let names = &names;
+                async move { redis::cmd("MGET").arg(names).query_async(&mut c).await }
+            })
+            .await?;
+        names
+            .iter()
+            .zip(values)
+            .map(|(name, value)| value.map(|json| parse_record(name, &json)).transpose())
+            .collect()
+    }
+
     pub async fn put(
         &self,
         key: &TokenKey,
         record: &TokenRecord,
+        due_at: i64,
     ) -> Result<PutOutcome, StoreError> {
         let ttl = record.expires_on - unix_now();
         if ttl <= 0 {
@@ -136,16 +192,23 @@ impl RedisStore {
         })?;
         // serde_json always ends an object with '}'.
         let open = &json[..json.len() - 1];
-        let active = self.keys.active();
+        let (active, schedule, status) = (
+            self.keys.active(),
+            self.keys.schedule(),
+            self.keys.status(key),
+        );
         let (written, count): (i64, u64) = self
             .run(|mut c| {
                 let mut invocation = self.put_script.key(&name);
                 invocation
                     .key(&active)
+                    .key(&schedule)
+                    .key(&status)
                     .arg(open)
                     .arg(record.token.expose())
                     .arg(record.expires_on)
-                    .arg(ttl);
+                    .arg(ttl)
+                    .arg(due_at);
                 async move { invocation.invoke_async(&mut c).await }
             })
             .await?;
@@ -159,15 +222,22 @@ impl RedisStore {
     }
 
     pub async fn delete(&self, key: &TokenKey) -> Result<bool, StoreError> {
-        let (token, secret, active) = (
-            self.keys.token(key),
-            self.keys.secret(key),
-            self.keys.active(),
-        );
-        let (removed, _, _): (u64, u64, u64) = self
+        let token = self.keys.token(key);
+        let (removed,): (u64,) = self
             .run(|mut c| {
                 let mut pipe = redis::pipe();
-                pipe.atomic().del(&token).del(&secret).srem(&active, &token);
+                pipe.atomic()
+                    .del(&token)
+                    .del(self.keys.secret(key))
+                    .ignore()
+                    .del(self.keys.status(key))
+                    .ignore()
+                    .srem(self.keys.active(), &token)
+                    .ignore()
+                    .zrem(self.keys.schedule(), &token)
+                    .ignore()
+                    .zrem(self.keys.reads(), &token)
+                    .ignore();
                 async move { pipe.query_async(&mut c).await }
             })
             .await?;
@@ -202,18 +272,255 @@ impl RedisStore {
         Ok(listing)
     }
 
-    pub async fn prune(&self, dangling: &[String]) -> Result<usize, StoreError> {
-        if dangling.is_empty() {
-            return Ok(0);
+    pub async fn due(&self, now: i64, limit: usize) -> Result<Vec<String>, StoreError> {
+        let schedule = self.keys.schedule();
+        Ok(self
+            .run(|mut c| {
+                let schedule = schedule.clone();
+                async move {
+                    c.zrangebyscore_limit(schedule, "-inf", now, 0, limit as isize)
+                        .await
+                }
+            })
+            .await?)
+    }
+
+    pub async fn reschedule(&self, key: &TokenKey, at: i64) -> Result<(), StoreError> {
+        let (schedule, token) = (self.keys.schedule(), self.keys.token(key));
+        self.run(|mut c| {
+            let (schedule, token) = (schedule.clone(), token.clone());
+            async move { c.zadd::<_, _, _, ()>(schedule, token, at).await }
+        })
+        .await?;
+        Ok(())
+    }
+
+    pub async fn unschedule(&self, full_keys: &[String], inactive: bool) -> Result<(), StoreError> {
+        if full_keys.is_empty() {
+            return Ok(());
         }
-        let active = self.keys.active();
-        let removed: usize = self
+        self.run(|mut c| {
+            let mut pipe = redis::pipe();
+            pipe.zrem(self.keys.schedule(), full_keys).ignore();
+            if inactive {
+                pipe.srem(self.keys.active(), full_keys)
+                    .ignore()
+                    .zrem(self.keys.reads(), full_keys)
+                    .ignore();
+            }
+            async move { pipe.query_async::<()>(&mut c).await }
+        })
+        .await?;
+        Ok(())
+    }
+
+    pub async fn prune_step(&self, count: usize) -> Result<usize, StoreError> {
+        let (cursor_key, active) = (self.keys.prune_cursor(), self.keys.active());
+        let cursor: u64 = self
+            .run(|mut c| {
+                let cursor_key = cursor_key.clone();
+                async move { c.get::<_, Option<u64>>(cursor_key).await }
+            })
+            .await?
+            .unwrap_or(0);
+        let (next, members): (u64, Vec<String>) = self
             .run(|mut c| {
                 let active = active.clone();
-                async move { c.srem(active, dangling).await }
+                async move {
+                    redis::cmd("SSCAN")
+                        .arg(active)
+                        .arg(cursor)
+                        .arg("COUNT")
+                        .arg(count)
+                        .query_async(&mut c)
+                        .await
+                }
             })
             .await?;
-        Ok(removed)
+        let mut gone = Vec::new();
+        if !members.is_empty() {
+            let exists: Vec<bool> = self
+                .run(|mut c| {
+                    let mut pipe = redis::pipe();
+                    for member in &members {
+                        pipe.exists(member);
+                    }
+                    async move { pipe.query_async(&mut c).await }
+                })
+                .await?;
+            gone = members
+                .into_iter()
+                .zip(exists)
+                .filter_map(|(member, exists)| (!exists).then_some(member))
+                .collect();
+        }
+        self.run(|mut c| {
+            let mut pipe = redis::pipe();
+            pipe.set(&cursor_key, next).ignore();
+            if !gone.is_empty() {
+                pipe.srem(&active, &gone)
+                    .ignore()
+                    .zrem(self.keys.schedule(), &gone)
+                    .ignore()
+                    .zrem(self.keys.reads(), &gone)
+                    .ignore();
+            }
+            async move { pipe.query_async::<()>(&mut c).await }
+        })
+        .await?;
+        Ok(gone.len())
+    }
+
+    pub async fn try_lease(
+        &self,
+        key: &TokenKey,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let lease = self.keys.lease(key);
+        let taken: Option<String> = self
+            .run(|mut c| {
+                let lease = lease.clone();
+                async move {
+                    redis::cmd("SET")
+                        .arg(lease)
+                        .arg(owner)
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(ttl.as_millis() as u64)
+                        .query_async(&mut c)
+                        .await
+                }
+            })
+            .await?;
+        Ok(taken.is_some())
+    }
+
+    pub async fn renew_lease(
+        &self,
+        key: &TokenKey,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let lease = self.keys.lease(key);
+        let renewed: i64 = self
+            .run(|mut c| {
+                let mut invocation = self.renew_script.key(&lease);
+                invocation.arg(owner).arg(ttl.as_millis() as u64);
+                async move { invocation.invoke_async(&mut c).await }
+            })
+            .await?;
+        Ok(renewed == 1)
+    }
+
+    pub async fn release_lease(&self, key: &TokenKey, owner: &str) -> Result<(), StoreError> {
+        let lease = self.keys.lease(key);
+        self.run(|mut c| {
+            let mut invocation = self.release_script.key(&lease);
+            invocation.arg(owner);
+            async move { invocation.invoke_async::<i64>(&mut c).await }
+        })
+        .await?;
+        Ok(())
+    }
+
+    pub async fn lease_held(&self, key: &TokenKey) -> Result<bool, StoreError> {
+        let lease = self.keys.lease(key);
+        Ok(self
+            .run(|mut c| {
+                let lease = lease.clone();
+                async move { c.exists(lease).await }
+            })
+            .await?)
+    }
+
+    pub async fn get_status(&self, key: &TokenKey) -> Result<Option<RefreshStatus>, StoreError> {
+        Ok(self
+            .statuses(std::slice::from_ref(key))
+            .await?
+            .pop()
+            .flatten())
+    }
+
+    pub async fn statuses(
+        &self,
+        keys: &[TokenKey],
+    ) -> Result<Vec<Option<RefreshStatus>>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let names: Vec<String> = keys.iter().map(|k| self.keys.status(k)).collect();
+        let values: Vec<Option<String>> = self
+            .run(|mut c| {
+                let names = &names;
+                async move { redis::cmd("MGET").arg(names).query_async(&mut c).await }
+            })
+            .await?;
+        // A status that does not parse is treated as none: it only delays retries.
+        Ok(values
+            .into_iter()
+            .map(|v| v.and_then(|json| serde_json::from_str(&json).ok()))
+            .collect())
+    }
+
+    pub async fn put_status(
+        &self,
+        key: &TokenKey,
+        status: &RefreshStatus,
+    ) -> Result<(), StoreError> {
+        let json = serde_json::to_string(status).unwrap_or_default();
+        // Kept a day past the retry so operators can still see what went wrong.
+        let ttl = (status.next_attempt - unix_now()).max(0) as u64 + 86_400;
+        self.run(|mut c| {
+            let mut pipe = redis::pipe();
+            pipe.atomic()
+                .set_ex(self.keys.status(key), &json, ttl)
+                .ignore()
+                .zadd(
+                    self.keys.schedule(),
+                    self.keys.token(key),
+                    status.next_attempt,
+                )
+                .ignore();
+            async move { pipe.query_async::<()>(&mut c).await }
+        })
+        .await?;
+        Ok(())
+    }
+
+    pub async fn mark_read(&self, key: &TokenKey, now: i64) -> Result<(), StoreError> {
+        let (reads, token) = (self.keys.reads(), self.keys.token(key));
+        self.run(|mut c| {
+            let (reads, token) = (reads.clone(), token.clone());
+            async move { c.zadd::<_, _, _, ()>(reads, token, now).await }
+        })
+        .await?;
+        Ok(())
+    }
+
+    pub async fn last_reads(&self, keys: &[TokenKey], now: i64) -> Result<Vec<i64>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let names: Vec<String> = keys.iter().map(|k| self.keys.token(k)).collect();
+        let reads = self.keys.reads();
+        let (scores,): (Vec<Option<f64>>,) = self
+            .run(|mut c| {
+                let mut pipe = redis::pipe();
+                let mut add = redis::cmd("ZADD");
+                add.arg(&reads).arg("NX");
+                for name in &names {
+                    add.arg(now).arg(name);
+                }
+                pipe.add_command(add).ignore();
+                pipe.cmd("ZMSCORE").arg(&reads).arg(&names);
+                async move { pipe.query_async(&mut c).await }
+            })
+            .await?;
+        Ok(scores
+            .into_iter()
+            .map(|s| s.map_or(now, |s| s as i64))
+            .collect())
     }
 
     pub async fn active_count(&self) -> Result<u64, StoreError> {

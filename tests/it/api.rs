@@ -277,7 +277,7 @@ async fn scopes_outside_on_demand_are_404() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn identity_provider_outage_without_a_stored_token_is_503_with_retry_after() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::spawn_with(&[("TOKEN_REFRESH_BACKOFF_SECS", "1")]).await;
     app.idp.set_outage(Some(Failure::unavailable(42)));
     let (status, body, headers) = app
         .send(
@@ -306,20 +306,33 @@ async fn identity_provider_outage_without_a_stored_token_is_503_with_retry_after
     );
 
     app.idp.set_outage(None);
-    app.idp.fail_next(Failure::throttled(7));
+    app.idp.fail_next(Failure::throttled(2));
     let (status, _, headers) = app
         .send(Method::GET, "/api/tokens/User.Read", Some(&app.keys.reader))
         .await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(headers["retry-after"], "7");
-    let (status, _) = app
+    assert_eq!(headers["retry-after"], "2");
+    let requests = app.idp.requests();
+    // Retry-After is honoured for every caller: no request before it has passed.
+    let (status, body, headers) = app
+        .send(Method::GET, "/api/tokens/User.Read", Some(&app.keys.reader))
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["last_error"], "http_429");
+    let wait: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=2).contains(&wait), "{wait}");
+    assert_eq!(app.idp.requests(), requests);
+    // Then it recovers by itself.
+    tokio::time::sleep(Duration::from_secs(wait)).await;
+    let (status, body) = app
         .get("/api/tokens/User.Read", Some(&app.keys.reader))
         .await;
     assert_eq!(
         status,
         StatusCode::OK,
-        "recovers once the identity provider does"
+        "recovers once the identity provider does: {body}"
     );
+    assert_eq!(app.idp.requests(), requests + 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -354,7 +367,21 @@ async fn unknown_scopes_and_bad_credentials_are_told_apart() {
     assert_eq!(body["error"], "Token acquisition failed");
     assert_eq!(body["aadsts"], "AADSTS50126");
     assert!(!body.to_string().contains("wrong-password"));
-    assert_eq!(dbsize(&app), 0);
+    let keys = app.redis_keys();
+    assert!(
+        !keys.iter().any(|k| k.contains("tokens:agent:")),
+        "no token stored: {keys:?}"
+    );
+    // The failure is recorded for every instance to back off, and answered alike.
+    let (status, body) = app
+        .get(
+            &format!("/api/tokens/{GRAPH_ENCODED}"),
+            Some(&app.keys.reader),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert_eq!(body["aadsts"], "AADSTS50126");
+    assert_eq!(app.idp.requests(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -599,8 +626,20 @@ async fn min_validity_above_what_is_stored_gets_a_fresh_token() {
 async fn delete_removes_the_token_its_secret_and_its_index_entry() {
     let app = TestApp::spawn().await;
     let path = format!("/api/tokens/{GRAPH_ENCODED}");
-    app.get(&path, Some(&app.keys.reader)).await;
-    assert_eq!(app.redis_keys().len(), 3, "token, secret, active set");
+    app.post(
+        &format!("/api/tokens/refresh/{GRAPH_ENCODED}"),
+        Some(&app.keys.reader),
+    )
+    .await;
+    assert_eq!(
+        app.redis_keys(),
+        vec![
+            "annika:tokens:active".to_owned(),
+            format!("annika:tokens:agent:{GRAPH}"),
+            "annika:tokens:schedule".to_owned(),
+            format!("annika:tokens:secret:agent:{GRAPH}"),
+        ]
+    );
     let (status, body) = app.delete(&path, Some(&app.keys.admin)).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     assert_eq!(body, Value::Null);

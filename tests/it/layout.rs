@@ -99,7 +99,7 @@ async fn concurrent_writers_never_lose_an_increment_or_put_back_an_older_token()
             state
                 .refresher
                 .store()
-                .put(&key, &record(&format!("tok-{i}"), base + i))
+                .put(&key, &record(&format!("tok-{i}"), base + i), base)
                 .await
                 .unwrap()
         })
@@ -123,7 +123,10 @@ async fn concurrent_writers_never_lose_an_increment_or_put_back_an_older_token()
     );
 
     // A stale writer's older token is refused and the count untouched.
-    let outcome = store.put(&key, &record("old", base - 100)).await.unwrap();
+    let outcome = store
+        .put(&key, &record("old", base - 100), base)
+        .await
+        .unwrap();
     assert_eq!(outcome, PutOutcome::Superseded);
     let again = store.get(&key).await.unwrap().unwrap();
     assert_eq!(
@@ -131,7 +134,10 @@ async fn concurrent_writers_never_lose_an_increment_or_put_back_an_older_token()
         ("tok-39", stored.refresh_count)
     );
     // Writing the same token twice (a retried write) is not a refresh.
-    let outcome = store.put(&key, &record("tok-39", base + 39)).await.unwrap();
+    let outcome = store
+        .put(&key, &record("tok-39", base + 39), base)
+        .await
+        .unwrap();
     assert_eq!(
         outcome,
         PutOutcome::Written {

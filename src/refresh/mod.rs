@@ -1,0 +1,456 @@
+//! Getting tokens into the store and keeping them fresh (SPEC §6).
+//!
+//! On-demand acquisition, forced refresh and the sweep all go through one flight
+//! per key: in this process a tokio mutex per key, across processes a lease in
+//! Redis. Whoever holds both asks the identity provider; everyone else waits for
+//! the token (or the failure) it stores.
+
+mod schedule;
+mod sweep;
+
+pub use self::schedule::{backoff, due_at};
+pub use self::sweep::SweepSummary;
+
+use crate::clock::unix_now;
+use crate::domain::{Scope, TokenKey};
+use crate::identity::{Identity, IdpError};
+use crate::secret::Secret;
+use crate::store::{PutOutcome, RefreshStatus, Store, StoreError, TokenMetadata, TokenRecord};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RefreshError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Idp(#[from] IdpError),
+    /// An earlier attempt failed and the next is not due yet.
+    #[error("refresh backing off for {retry_after} s after {}", status.last_error)]
+    BackingOff {
+        retry_after: u64,
+        status: RefreshStatus,
+    },
+    /// Another instance held the key's lease longer than any request may take.
+    #[error("another instance is still refreshing this token")]
+    Busy,
+    /// The task doing the refresh panicked or was cancelled at shutdown.
+    #[error("the refresh task stopped before finishing")]
+    Aborted,
+}
+
+#[derive(Debug, Clone)]
+pub struct RefreshSettings {
+    pub refresh_before_secs: u64,
+    pub min_validity_secs: u64,
+    pub concurrency: usize,
+    /// `TOKEN_SCOPES`: acquired by every sweep when missing, never idle.
+    pub warm_scopes: Vec<Scope>,
+    pub on_demand: bool,
+    /// An on-demand token nobody read for this long is no longer refreshed.
+    pub idle_secs: u64,
+    /// First retry delay after a failure; doubles per failure up to [`MAX_BACKOFF`].
+    pub backoff_base: Duration,
+}
+
+/// The longest pause between attempts for one key.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// How long a refresh lease lasts unless renewed: longer than the slowest token
+/// request (the HTTP client gives up after 30 s), renewed every third of it.
+pub const LEASE_TTL: Duration = Duration::from_secs(45);
+/// How long a caller waits for another instance's refresh to land.
+const LEASE_WAIT: Duration = Duration::from_secs(50);
+/// Reads are recorded in Redis at most this often per key and instance, so the
+/// idle clock costs nothing on the hot path.
+const READ_MARK_EVERY_SECS: i64 = 600;
+
+/// A token as a flight returns it, and whether this flight asked the identity
+/// provider for it (or found it stored by someone else).
+#[derive(Debug)]
+pub struct Landed {
+    pub record: TokenRecord,
+    pub requested: bool,
+}
+
+pub struct Refresher {
+    store: Store,
+    identity: Identity,
+    settings: RefreshSettings,
+    flights: Flights,
+    /// Lease owner prefix: unique per process.
+    instance: String,
+    leases_taken: AtomicU64,
+    /// When this instance last recorded a read of each key.
+    reads: Mutex<HashMap<TokenKey, i64>>,
+}
+
+impl Refresher {
+    pub fn new(store: Store, identity: Identity, settings: RefreshSettings) -> Self {
+        Self {
+            store,
+            identity,
+            settings,
+            flights: Flights::default(),
+            instance: format!("{:016x}", rand::random::<u64>()),
+            leases_taken: AtomicU64::new(0),
+            reads: Mutex::default(),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn settings(&self) -> &RefreshSettings {
+        &self.settings
+    }
+
+    /// Callers waiting on or running the flight for `key`: lock contention, for
+    /// metrics, and for tests that must know every caller has arrived.
+    pub fn flight_waiters(&self, key: &TokenKey) -> usize {
+        self.flights.waiters(key)
+    }
+
+    /// All callers waiting on or running flights in this instance.
+    pub fn all_flight_waiters(&self) -> usize {
+        self.flights.total_waiters()
+    }
+
+    fn is_warm(&self, key: &TokenKey) -> bool {
+        matches!(key, TokenKey::Agent(scope) if self.settings.warm_scopes.contains(scope))
+    }
+
+    /// Whether this service may go to the identity provider for `key` unasked.
+    fn may_acquire(&self, key: &TokenKey) -> bool {
+        match key {
+            TokenKey::Agent(_) => self.settings.on_demand || self.is_warm(key),
+            TokenKey::User(..) => false,
+        }
+    }
+
+    /// A token for `key` with at least `min_validity` seconds left: the stored one,
+    /// or a new one when on-demand acquisition applies. `None` when there is none to
+    /// give. However many callers ask at once, in however many instances, one
+    /// request goes to the identity provider.
+    pub async fn ensure(
+        self: &Arc<Self>,
+        key: &TokenKey,
+        min_validity: u64,
+    ) -> Result<Option<TokenRecord>, RefreshError> {
+        let arrived = Instant::now();
+        let good = move |r: &TokenRecord| r.seconds_left(unix_now()) >= min_validity as i64;
+        let stored = self.store.get(key).await?;
+        if let Some(record) = stored.as_ref().filter(|r| good(r)) {
+            return Ok(Some(record.clone()));
+        }
+        // An agent token that is stored but too short-lived is renewed even when
+        // on-demand acquisition is off: the service already owns that scope.
+        let renewable = matches!(key, TokenKey::Agent(_)) && stored.is_some();
+        if !(renewable || self.may_acquire(key)) {
+            return Ok(None);
+        }
+        Ok(Some(self.flight(key, arrived, good).await?.record))
+    }
+
+    /// A new token from the identity provider, bypassing every cache. A refresh
+    /// already in flight when this caller arrives (here or in another instance)
+    /// answers it too: one request per round of concurrent refreshes.
+    /// `None` when the key is not stored and may not be acquired.
+    pub async fn force(
+        self: &Arc<Self>,
+        key: &TokenKey,
+    ) -> Result<Option<TokenRecord>, RefreshError> {
+        let arrived = Instant::now();
+        if matches!(key, TokenKey::User(..)) {
+            // A user token is refreshed with the user's own grant, which this build
+            // does not store yet; never with the agent's credentials.
+            return Ok(None);
+        }
+        let before = self.store.get(key).await?;
+        if !self.may_acquire(key) && before.is_none() {
+            return Ok(None);
+        }
+        let before = before.map(|r| r.token);
+        Ok(Some(
+            self.flight(key, arrived, replaces(before)).await?.record,
+        ))
+    }
+
+    /// Notes that `key` was served, for the idle rule. Writes to the store at most
+    /// every [`READ_MARK_EVERY_SECS`] per key, in the background.
+    pub fn note_read(self: &Arc<Self>, key: &TokenKey) {
+        let now = unix_now();
+        {
+            let mut reads = self.reads.lock().unwrap_or_else(|p| p.into_inner());
+            if reads
+                .get(key)
+                .is_some_and(|last| now - last < READ_MARK_EVERY_SECS)
+            {
+                return;
+            }
+            if reads.len() > 100_000 {
+                // Bounded: forgetting only costs one extra write per key.
+                reads.clear();
+            }
+            reads.insert(key.clone(), now);
+        }
+        let this = Arc::clone(self);
+        let key = key.clone();
+        tokio::spawn(async move {
+            if let Err(error) = this.store.mark_read(&key, now).await {
+                tracing::debug!(%error, "could not record a read");
+            }
+        });
+    }
+
+    /// Runs one identity-provider request for `key` unless `good_enough` accepts
+    /// what is stored (now, or once another instance's refresh lands).
+    ///
+    /// The work runs in its own task: a caller that goes away (a client hanging up)
+    /// does not cancel a request the other waiters depend on.
+    async fn flight(
+        self: &Arc<Self>,
+        key: &TokenKey,
+        arrived: Instant,
+        good_enough: impl Fn(&TokenRecord) -> bool + Send + Sync + 'static,
+    ) -> Result<Landed, RefreshError> {
+        let this = Arc::clone(self);
+        let key = key.clone();
+        let task = tokio::spawn(async move {
+            let slot = this.flights.slot(&key);
+            let result = {
+                let mut flight = slot.lock().await;
+                this.fly(&mut flight, &key, arrived, &good_enough).await
+            };
+            this.flights.release(&key, slot);
+            result
+        });
+        task.await.unwrap_or(Err(RefreshError::Aborted))
+    }
+
+    async fn fly(
+        &self,
+        flight: &mut Flight,
+        key: &TokenKey,
+        arrived: Instant,
+        good_enough: &(impl Fn(&TokenRecord) -> bool + Send + Sync),
+    ) -> Result<Landed, RefreshError> {
+        // The failure of a request this caller waited for is its answer too.
+        if let Some((finished, error)) = &flight.failure
+            && *finished >= arrived
+        {
+            return Err(error.clone().into());
+        }
+        let deadline = Instant::now() + LEASE_WAIT;
+        loop {
+            if let Some(record) = self.store.get(key).await?.filter(|r| good_enough(r)) {
+                return Ok(Landed {
+                    record,
+                    requested: false,
+                });
+            }
+            if let Some(status) = self.store.get_status(key).await? {
+                let wait = status.next_attempt - unix_now();
+                if wait > 0 {
+                    return Err(RefreshError::BackingOff {
+                        retry_after: wait as u64,
+                        status,
+                    });
+                }
+            }
+            let owner = format!(
+                "{}-{}",
+                self.instance,
+                self.leases_taken.fetch_add(1, Ordering::Relaxed)
+            );
+            if self.store.try_lease(key, &owner, LEASE_TTL).await? {
+                let result = self.under_lease(key, &owner, good_enough).await;
+                if let Err(error) = self.store.release_lease(key, &owner).await {
+                    // It expires by itself within LEASE_TTL.
+                    tracing::warn!(%error, "could not release a refresh lease");
+                }
+                flight.failure = match &result {
+                    Err(RefreshError::Idp(error)) => Some((Instant::now(), error.clone())),
+                    _ => None,
+                };
+                return result;
+            }
+            // Another instance is asking; its token, or its failure status, lands
+            // in the store when it is done.
+            self.wait_for_lease(key, deadline).await?;
+        }
+    }
+
+    async fn wait_for_lease(&self, key: &TokenKey, deadline: Instant) -> Result<(), RefreshError> {
+        let mut pause = Duration::from_millis(10);
+        while self.store.lease_held(key).await? {
+            if Instant::now() >= deadline {
+                return Err(RefreshError::Busy);
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(200));
+        }
+        Ok(())
+    }
+
+    /// Holding the lease: check once more (a refresh may have landed between the
+    /// last read and the lease), then ask, renewing the lease while the request runs.
+    async fn under_lease(
+        &self,
+        key: &TokenKey,
+        owner: &str,
+        good_enough: &(impl Fn(&TokenRecord) -> bool + Send + Sync),
+    ) -> Result<Landed, RefreshError> {
+        if let Some(record) = self.store.get(key).await?.filter(|r| good_enough(r)) {
+            return Ok(Landed {
+                record,
+                requested: false,
+            });
+        }
+        let renew = async {
+            loop {
+                tokio::time::sleep(LEASE_TTL / 3).await;
+                match self.store.renew_lease(key, owner, LEASE_TTL).await {
+                    Ok(true) => {}
+                    // The put script still refuses to store an older token over a
+                    // newer one, so losing the lease cannot regress the token.
+                    _ => {
+                        tracing::warn!(scope = %key.scope(), "lost the refresh lease while the request ran")
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            result = self.acquire_and_store(key) => result.map(|record| Landed { record, requested: true }),
+            never = renew => never,
+        }
+    }
+
+    async fn acquire_and_store(&self, key: &TokenKey) -> Result<TokenRecord, RefreshError> {
+        let refresh_token = if self.identity.uses_refresh_tokens() {
+            self.store.get_secret(key).await?
+        } else {
+            None
+        };
+        let acquired = match self
+            .identity
+            .acquire(key.scope(), refresh_token.as_ref())
+            .await
+        {
+            Ok(acquired) => acquired,
+            Err(error) => {
+                self.record_failure(key, &error).await;
+                return Err(error.into());
+            }
+        };
+        if let Some(refresh_token) = &acquired.refresh_token {
+            self.store.put_secret(key, refresh_token).await?;
+        }
+        let stored_at = unix_now();
+        let mut record = TokenRecord {
+            token: acquired.token,
+            expires_on: acquired.expires_on,
+            scope: key.scope().as_str().to_owned(),
+            stored_at,
+            user_id: key.user().map(|u| u.as_str().to_owned()),
+            metadata: TokenMetadata {
+                // The seed's value: applications reading Redis may match on it.
+                acquired_by: "agent_auth_manager".to_owned(),
+                client_id: self.identity.client_id().to_owned(),
+                flow: self.identity.flow_name().to_owned(),
+            },
+            refresh_count: 0,
+        };
+        let due = due_at(
+            stored_at,
+            record.expires_on,
+            acquired.refresh_in,
+            self.settings.refresh_before_secs,
+        );
+        match self.store.put(key, &record, due).await? {
+            PutOutcome::Written { refresh_count } => {
+                record.refresh_count = refresh_count;
+                Ok(record)
+            }
+            // Another instance stored a token that lives longer; serve that one.
+            PutOutcome::Superseded => Ok(self.store.get(key).await?.unwrap_or(record)),
+        }
+    }
+
+    /// Keeps the old token (it is still served while valid), and records when the
+    /// key may be tried again, for every instance to see.
+    async fn record_failure(&self, key: &TokenKey, error: &IdpError) {
+        let previous = self.store.get_status(key).await.ok().flatten();
+        let failures = previous.map_or(0, |s| s.failures) + 1;
+        let delay = backoff(
+            failures,
+            self.settings.backoff_base,
+            MAX_BACKOFF,
+            error.retry_after(),
+        );
+        let now = unix_now();
+        let (last_error, aadsts) = error.summary();
+        let status = RefreshStatus {
+            failures,
+            last_error,
+            aadsts,
+            transient: error.is_transient(),
+            last_attempt: now,
+            next_attempt: now + delay.as_secs().max(1) as i64,
+        };
+        tracing::warn!(%error, scope = %key.scope(), failures, retry_in_secs = delay.as_secs(), "token request failed");
+        if let Err(error) = self.store.put_status(key, &status).await {
+            tracing::warn!(%error, "could not record the refresh status");
+        }
+    }
+}
+
+/// Accepts a stored token once it is not the one a caller saw when it arrived.
+fn replaces(before: Option<Secret>) -> impl Fn(&TokenRecord) -> bool + Send + Sync + 'static {
+    move |record| before.as_ref() != Some(&record.token)
+}
+
+/// One in-process flight per key.
+#[derive(Default)]
+struct Flights {
+    // A std Mutex around the map: held only to find or drop a slot, never across an
+    // await. The per-key tokio Mutex is what callers wait on.
+    slots: Mutex<HashMap<TokenKey, Arc<tokio::sync::Mutex<Flight>>>>,
+}
+
+#[derive(Default)]
+struct Flight {
+    /// The last identity-provider error for this key and when it came back,
+    /// shared with the callers that were waiting for it.
+    failure: Option<(Instant, IdpError)>,
+}
+
+impl Flights {
+    fn slot(&self, key: &TokenKey) -> Arc<tokio::sync::Mutex<Flight>> {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots.entry(key.clone()).or_default().clone()
+    }
+
+    fn waiters(&self, key: &TokenKey) -> usize {
+        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        // Every caller holds one clone; the map holds one more.
+        slots.get(key).map_or(0, |slot| Arc::strong_count(slot) - 1)
+    }
+
+    fn total_waiters(&self) -> usize {
+        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots.values().map(|slot| Arc::strong_count(slot) - 1).sum()
+    }
+
+    /// Drops the slot once nobody else holds it, so the map does not grow with
+    /// every scope ever asked for.
+    fn release(&self, key: &TokenKey, slot: Arc<tokio::sync::Mutex<Flight>>) {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        // Two references: the map's and ours. Clones are only made under this lock.
+        if Arc::strong_count(&slot) == 2 {
+            slots.remove(key);
+        }
+    }
+}

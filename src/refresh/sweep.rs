@@ -1,0 +1,183 @@
+//! The sweep: timer trigger, internal timer and `handler sweep` all run this.
+//! Its cost follows the due tokens, not the stored ones: one range query on the
+//! schedule, one MGET of the due keys, then the refreshes themselves.
+
+use super::{Landed, RefreshError, Refresher, replaces};
+use crate::callers::{Outcome, audit};
+use crate::clock::unix_now;
+use crate::domain::TokenKey;
+use crate::store::StoreError;
+use futures::StreamExt;
+use serde::Serialize;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// At most this many due keys per sweep; the rest stay due for the next one.
+const MAX_DUE_PER_SWEEP: usize = 10_000;
+/// Active-set members checked per sweep for keys that expired unseen.
+const PRUNE_PER_SWEEP: usize = 500;
+
+/// What one sweep did; printed by `handler sweep` and logged by the timers.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct SweepSummary {
+    /// Keys this sweep tried to refresh or acquire.
+    pub due: usize,
+    /// Refreshed by a request from this sweep.
+    pub refreshed: usize,
+    pub failed: usize,
+    /// Refreshed meanwhile by another instance or trigger holding the lease.
+    pub skipped_locked: usize,
+    /// Not tried: an earlier failure's backoff has not elapsed.
+    pub backing_off: usize,
+    /// On-demand tokens nobody read within `TOKEN_IDLE_SECS`: no longer refreshed.
+    pub idle: usize,
+    /// Due user tokens: refreshing them needs their grant (not in this build yet).
+    pub skipped_users: usize,
+    /// Index entries whose token had expired, removed.
+    pub pruned: usize,
+    pub duration_ms: u64,
+    /// Requests this sweep sent to Redis (a pipeline or script counts once);
+    /// concurrent requests of other callers are counted too.
+    pub round_trips: u64,
+}
+
+impl SweepSummary {
+    pub fn line(&self) -> String {
+        format!(
+            "sweep: due={} refreshed={} failed={} skipped_locked={} backing_off={} idle={} skipped_users={} pruned={} duration_ms={} round_trips={}",
+            self.due,
+            self.refreshed,
+            self.failed,
+            self.skipped_locked,
+            self.backing_off,
+            self.idle,
+            self.skipped_users,
+            self.pruned,
+            self.duration_ms,
+            self.round_trips
+        )
+    }
+}
+
+/// How one due key ended.
+enum Swept {
+    Refreshed,
+    Shared,
+    BackingOff,
+    Failed,
+}
+
+impl Refresher {
+    /// Refreshes every due token and acquires missing warm scopes, at most
+    /// `TOKEN_REFRESH_CONCURRENCY` at a time; drops idle on-demand tokens from the
+    /// schedule and expired keys from the index. Fails only when the store cannot
+    /// be read.
+    pub async fn sweep(self: &Arc<Self>) -> Result<SweepSummary, StoreError> {
+        let started = Instant::now();
+        let trips_before = self.store.round_trips();
+        let now = unix_now();
+        let keys = self.store.keys().clone();
+        let mut summary = SweepSummary::default();
+
+        let due_names = self.store.due(now, MAX_DUE_PER_SWEEP).await?;
+        let mut due = Vec::new();
+        let mut unknown = Vec::new();
+        for name in due_names {
+            match keys.parse_token(&name) {
+                Some(key) => due.push(key),
+                None => unknown.push(name),
+            }
+        }
+        let warm: Vec<TokenKey> = self
+            .settings
+            .warm_scopes
+            .iter()
+            .map(|s| TokenKey::Agent(s.clone()))
+            .collect();
+        // One MGET for the due keys and the warm scopes together.
+        let mut wanted = due.clone();
+        wanted.extend(warm.iter().cloned());
+        let records = self.store.get_many(&wanted).await?;
+        let (due_records, warm_records) = records.split_at(due.len());
+
+        let mut work: Vec<(TokenKey, Option<crate::secret::Secret>)> = Vec::new();
+        let mut gone = unknown;
+        let mut stop_refreshing = Vec::new();
+        let mut on_demand = Vec::new();
+        for (key, record) in due.iter().zip(due_records) {
+            match (key, record) {
+                (_, None) if self.is_warm(key) => work.push((key.clone(), None)),
+                (_, None) => gone.push(keys.token(key)),
+                (TokenKey::User(..), Some(_)) => {
+                    summary.skipped_users += 1;
+                    stop_refreshing.push(keys.token(key));
+                }
+                (TokenKey::Agent(_), Some(record)) if self.is_warm(key) => {
+                    work.push((key.clone(), Some(record.token.clone())))
+                }
+                (TokenKey::Agent(_), Some(record)) => {
+                    on_demand.push((key.clone(), record.token.clone()))
+                }
+            }
+        }
+        if !on_demand.is_empty() {
+            let on_demand_keys: Vec<TokenKey> = on_demand.iter().map(|(k, _)| k.clone()).collect();
+            let last_reads = self.store.last_reads(&on_demand_keys, now).await?;
+            for ((key, token), last_read) in on_demand.into_iter().zip(last_reads) {
+                if now - last_read > self.settings.idle_secs as i64 {
+                    summary.idle += 1;
+                    stop_refreshing.push(keys.token(&key));
+                } else {
+                    work.push((key, Some(token)));
+                }
+            }
+        }
+        let queued: HashSet<TokenKey> = work.iter().map(|(k, _)| k.clone()).collect();
+        for (key, record) in warm.into_iter().zip(warm_records) {
+            if record.is_none() && !queued.contains(&key) {
+                work.push((key, None));
+            }
+        }
+
+        summary.pruned = gone.len();
+        self.store.unschedule(&gone, true).await?;
+        self.store.unschedule(&stop_refreshing, false).await?;
+        summary.pruned += self.store.prune_step(PRUNE_PER_SWEEP).await?;
+
+        summary.due = work.len();
+        let results: Vec<Swept> = futures::stream::iter(work)
+            .map(|(key, seen)| async move {
+                // Anything but the token listed as due means someone refreshed it.
+                let result = self.flight(&key, Instant::now(), replaces(seen)).await;
+                let (outcome, token) = match &result {
+                    Ok(Landed { record, .. }) => (Outcome::Ok, Some(&record.token)),
+                    Err(_) => (Outcome::Failed, None),
+                };
+                audit("sweep", "refresh", &key, outcome, token);
+                match result {
+                    Ok(Landed { requested: true, .. }) => Swept::Refreshed,
+                    Ok(Landed { requested: false, .. }) => Swept::Shared,
+                    Err(RefreshError::BackingOff { .. }) => Swept::BackingOff,
+                    Err(error) => {
+                        tracing::warn!(%error, scope = %key.scope(), "sweep could not refresh a token");
+                        Swept::Failed
+                    }
+                }
+            })
+            .buffer_unordered(self.settings.concurrency)
+            .collect()
+            .await;
+        for result in results {
+            match result {
+                Swept::Refreshed => summary.refreshed += 1,
+                Swept::Shared => summary.skipped_locked += 1,
+                Swept::BackingOff => summary.backing_off += 1,
+                Swept::Failed => summary.failed += 1,
+            }
+        }
+        summary.duration_ms = started.elapsed().as_millis() as u64;
+        summary.round_trips = self.store.round_trips() - trips_before;
+        Ok(summary)
+    }
+}
