@@ -11,7 +11,7 @@ mod sweep;
 pub use self::schedule::{backoff, due_at};
 pub use self::sweep::SweepSummary;
 
-use crate::clock::unix_now;
+use crate::clock::{unix_now, unix_now_ms};
 use crate::domain::{Scope, TokenKey};
 use crate::identity::{Identity, IdpError};
 use crate::secret::Secret;
@@ -334,6 +334,7 @@ impl Refresher {
         } else {
             None
         };
+        let requested_at_ms = unix_now_ms();
         let acquired = match self
             .identity
             .acquire(key.scope(), refresh_token.as_ref())
@@ -361,6 +362,7 @@ impl Refresher {
                 client_id: self.identity.client_id().to_owned(),
                 flow: self.identity.flow_name().to_owned(),
             },
+            requested_at_ms,
             refresh_count: 0,
         };
         let due = due_at(
@@ -374,7 +376,8 @@ impl Refresher {
                 record.refresh_count = refresh_count;
                 Ok(record)
             }
-            // Another instance stored a token that lives longer; serve that one.
+            // A request that began later (another instance whose lease outlived
+            // ours) already stored its token; serve that one.
             PutOutcome::Superseded => Ok(self.store.get(key).await?.unwrap_or(record)),
         }
     }

@@ -74,7 +74,7 @@ impl MemoryStore {
                     refresh_count: old.refresh_count,
                 };
             }
-            if old.expires_on > record.expires_on {
+            if old.requested_at_ms > record.requested_at_ms {
                 return PutOutcome::Superseded;
             }
             refresh_count = old.refresh_count + 1;

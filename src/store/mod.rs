@@ -30,6 +30,11 @@ pub struct TokenRecord {
     pub user_id: Option<String>,
     #[serde(default)]
     pub metadata: TokenMetadata,
+    /// Unix milliseconds when the identity-provider request for this token began.
+    /// A write whose request began earlier than the stored token's is stale and is
+    /// refused, whatever the two tokens' lifetimes.
+    #[serde(default)]
+    pub requested_at_ms: i64,
     #[serde(skip_serializing, default)]
     pub refresh_count: u64,
 }
@@ -56,7 +61,7 @@ impl TokenRecord {
 pub enum PutOutcome {
     /// The record is stored with this `refresh_count`.
     Written { refresh_count: u64 },
-    /// A token that expires later was already stored; it was kept.
+    /// A token from a later request was already stored; it was kept.
     Superseded,
 }
 

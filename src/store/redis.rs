@@ -13,8 +13,8 @@ use std::time::Duration;
 
 /// Writes a token, its TTL and its active-set entry in one atomic step, and bumps
 /// `refresh_count` from the value it replaces. Atomic so that two writers racing
-/// cannot both read count N and both write N+1, and a slow writer holding an older
-/// token cannot overwrite a newer one.
+/// cannot both read count N and both write N+1, and a slow writer whose request
+/// began before the stored token's cannot overwrite it.
 ///
 /// The JSON arrives without its closing brace; the script appends the count. Lua's
 /// cjson would re-encode the whole document (escaping every `/` in the scope), and
@@ -29,7 +29,7 @@ if current then
     if old.token == ARGV[2] then
       return {1, old_count}
     end
-    if (tonumber(old.expires_on) or 0) > tonumber(ARGV[3]) then
+    if (tonumber(old.requested_at_ms) or 0) > tonumber(ARGV[3]) then
       return {0, old_count}
     end
     count = old_count + 1
@@ -206,7 +206,7 @@ impl RedisStore {
                     .key(&status)
                     .arg(open)
                     .arg(record.token.expose())
-                    .arg(record.expires_on)
+                    .arg(record.requested_at_ms)
                     .arg(ttl)
                     .arg(due_at);
                 async move { invocation.invoke_async(&mut c).await }

@@ -74,10 +74,11 @@ async fn token_json_ttl_and_active_set_follow_the_spec() {
     assert_eq!(active.len(), 1);
 }
 
-fn record(token: &str, expires_on: i64) -> TokenRecord {
+fn record(token: &str, expires_on: i64, requested_at_ms: i64) -> TokenRecord {
     TokenRecord {
         token: Secret::new(token),
         expires_on,
+        requested_at_ms,
         scope: "User.Read".into(),
         stored_at: unix_now(),
         user_id: None,
@@ -99,7 +100,7 @@ async fn concurrent_writers_never_lose_an_increment_or_put_back_an_older_token()
             state
                 .refresher
                 .store()
-                .put(&key, &record(&format!("tok-{i}"), base + i), base)
+                .put(&key, &record(&format!("tok-{i}"), base - i, i), base)
                 .await
                 .unwrap()
         })
@@ -122,9 +123,10 @@ async fn concurrent_writers_never_lose_an_increment_or_put_back_an_older_token()
         "one increment per replacing write"
     );
 
-    // A stale writer's older token is refused and the count untouched.
+    // A stale writer (its request began earlier) is refused even though its token
+    // would live longer, and the count is untouched.
     let outcome = store
-        .put(&key, &record("old", base - 100), base)
+        .put(&key, &record("old", base + 100, 5), base)
         .await
         .unwrap();
     assert_eq!(outcome, PutOutcome::Superseded);
@@ -135,7 +137,7 @@ async fn concurrent_writers_never_lose_an_increment_or_put_back_an_older_token()
     );
     // Writing the same token twice (a retried write) is not a refresh.
     let outcome = store
-        .put(&key, &record("tok-39", base + 39), base)
+        .put(&key, &record("tok-39", base - 39, 39), base)
         .await
         .unwrap();
     assert_eq!(

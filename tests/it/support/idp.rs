@@ -58,6 +58,7 @@ struct Inner {
     outage: Option<Failure>,
     refresh_tokens: HashSet<String>,
     issued: Vec<String>,
+    arrived_at: Vec<std::time::Instant>,
 }
 
 struct IdpState {
@@ -168,6 +169,11 @@ impl Idp {
         self.state.gate.send_replace(false);
     }
 
+    /// When each request arrived.
+    pub fn arrivals(&self) -> Vec<std::time::Instant> {
+        self.inner().arrived_at.clone()
+    }
+
     /// Every access and refresh token this double has issued.
     pub fn issued(&self) -> Vec<String> {
         self.inner().issued.clone()
@@ -216,6 +222,7 @@ async fn token(
         let mut inner = state.inner.lock().unwrap();
         *inner.counts.entry(grant.clone()).or_default() += 1;
         inner.requests.push(form.clone());
+        inner.arrived_at.push(std::time::Instant::now());
         inner
             .next_failures
             .pop_front()

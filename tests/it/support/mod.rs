@@ -61,6 +61,7 @@ pub struct TestApp {
     pub keys: Keys,
     pub http: reqwest::Client,
     _stop: tokio::sync::oneshot::Sender<()>,
+    sweeper: Option<tokio::sync::watch::Sender<bool>>,
 }
 
 impl TestApp {
@@ -96,7 +97,15 @@ impl TestApp {
             keys,
             http: reqwest::Client::new(),
             _stop: stop,
+            sweeper: None,
         }
+    }
+
+    /// Runs the internal refresh timer, as `serve` does, every `interval`.
+    pub fn start_sweeper(&mut self, interval: Duration) {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        token_broker::spawn_sweeper(self.state.clone(), Some(interval), stopped);
+        self.sweeper = Some(stop);
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -1,0 +1,357 @@
+//! The refresh engine (SPEC §6): tokens replaced before they expire, one
+//! identity-provider request per refresh round across instances, outages
+//! survived, Redis restarts survived.
+
+use crate::support::*;
+use redis::Commands;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+use token_broker::clock::unix_now;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn short_lived_tokens_are_replaced_before_they_expire() {
+    let mut app = TestApp::spawn_with(&[
+        ("TOKEN_REFRESH_BEFORE_SECS", "5"),
+        ("TOKEN_MIN_VALIDITY_SECS", "2"),
+        ("TOKEN_SCOPES", "User.Read"),
+    ])
+    .await;
+    // Due 3 s after it is stored, with 5 s left.
+    app.idp.set_expires_in(8);
+    app.start_sweeper(Duration::from_secs(1));
+    let key = "annika:tokens:agent:User.Read";
+    let mut conn = app.redis.conn();
+    let mut tokens = std::collections::HashSet::new();
+    let mut last_count = 0;
+    let end = Instant::now() + Duration::from_secs(12);
+    while Instant::now() < end {
+        let (status, body) = app
+            .get("/api/tokens/User.Read", Some(&app.keys.reader))
+            .await;
+        let now = unix_now();
+        if status == StatusCode::OK {
+            let left = body["expires_on"].as_i64().unwrap() - now;
+            assert!(left >= 2, "served a token with {left} s left");
+            tokens.insert(body["token"].as_str().unwrap().to_owned());
+            let count = body["refresh_count"].as_u64().unwrap();
+            assert!(count >= last_count, "refresh_count never goes back");
+            last_count = count;
+        } else {
+            panic!("{status}: {body}");
+        }
+        let json: Option<String> = conn.get(key).unwrap();
+        let stored: Value = serde_json::from_str(&json.expect("the key never expires")).unwrap();
+        let left = stored["expires_on"].as_i64().unwrap() - now;
+        assert!(
+            left >= 2,
+            "the stored token was left to run down to {left} s"
+        );
+        let ttl: i64 = conn.ttl(key).unwrap();
+        assert!(
+            (ttl - left).abs() <= 1,
+            "TTL {ttl} follows expires_on ({left} s left)"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        last_count >= 2,
+        "refreshed at least twice in 12 s: {last_count}"
+    );
+    assert!(
+        tokens.len() >= 3,
+        "each refresh is a new token: {}",
+        tokens.len()
+    );
+}
+
+/// Total callers waiting on or running refresh flights across `handlers`.
+async fn waiters(http: &reqwest::Client, handlers: &[Handler]) -> u64 {
+    let mut total = 0;
+    for handler in handlers {
+        let (_, body, _) = send(http, Method::GET, &handler.url("/api/tokens/health"), None).await;
+        total += body["refresh_waiters"].as_u64().unwrap();
+    }
+    total
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_instances_make_one_identity_provider_request_per_refresh_round() {
+    let redis = RedisServer::start();
+    let idp = Idp::start().await;
+    let keys = Keys::new();
+    let mut handlers = Vec::new();
+    for _ in 0..3 {
+        let port = free_port();
+        let mut env = redis.env();
+        env.extend(idp.env());
+        env.push(("TOKEN_API_KEYS".into(), keys.json.clone()));
+        env.push(("FUNCTIONS_CUSTOMHANDLER_PORT".into(), port.to_string()));
+        let mut handler = Handler::start(&[], &env, port);
+        handler.wait_for_probe().await;
+        handlers.push(handler);
+    }
+    let http = reqwest::Client::new();
+    let refresh_path = format!("/api/tokens/refresh/{GRAPH_ENCODED}");
+    // Tokens that live 600 s are inside the 900 s window at once: every timer
+    // invocation finds the key due and joins the round.
+    idp.set_expires_in(600);
+    let (status, _, _) = send(
+        &http,
+        Method::POST,
+        &handlers[0].url(&refresh_path),
+        Some(&keys.reader),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let timer =
+        json!({"Data": {"timer": {"ScheduleStatus": null, "IsPastDue": false}}, "Metadata": {}});
+
+    for round in 0..3 {
+        let before: Value = serde_json::from_str(
+            &redis
+                .conn()
+                .get::<_, String>(format!("annika:tokens:agent:{GRAPH}"))
+                .unwrap(),
+        )
+        .unwrap();
+        let requests_before = idp.requests();
+        idp.hold();
+        let mut calls = Vec::new();
+        for handler in &handlers {
+            for _ in 0..20 {
+                let (http, url, key) = (
+                    http.clone(),
+                    handler.url(&refresh_path),
+                    keys.reader.clone(),
+                );
+                calls.push(tokio::spawn(async move {
+                    send(&http, Method::POST, &url, Some(&key)).await
+                }));
+            }
+            let (http, url, body) = (http.clone(), handler.url("/timer-refresh"), timer.clone());
+            calls.push(tokio::spawn(async move {
+                let response = http.post(url).json(&body).send().await.unwrap();
+                (
+                    response.status(),
+                    response.json::<Value>().await.unwrap(),
+                    reqwest::header::HeaderMap::new(),
+                )
+            }));
+        }
+        // Hold the identity provider until all 63 callers wait on the key.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let waiting = waiters(&http, &handlers).await;
+            if waiting >= 63 {
+                break;
+            }
+            if Instant::now() >= deadline {
+                for handler in &handlers {
+                    let (_, body, _) =
+                        send(&http, Method::GET, &handler.url("/api/tokens/health"), None).await;
+                    eprintln!("health: {body}");
+                }
+                idp.release();
+                for call in calls {
+                    let (status, body, _) = call.await.unwrap();
+                    eprintln!("{status} {body}");
+                }
+                panic!("round {round}: only {waiting} of 63 callers arrived");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        idp.release();
+        let mut counts = std::collections::HashSet::new();
+        for call in calls {
+            let (status, body, _) = call.await.unwrap();
+            assert_eq!(status, StatusCode::OK, "round {round}: {body}");
+            if let Some(count) = body["refresh_count"].as_u64() {
+                counts.insert(count);
+            }
+        }
+        assert_eq!(
+            idp.requests() - requests_before,
+            1,
+            "round {round}: exactly one token request"
+        );
+        let expected = before["refresh_count"].as_u64().unwrap() + 1;
+        assert_eq!(
+            counts,
+            std::collections::HashSet::from([expected]),
+            "round {round}: every refresh got the new token"
+        );
+        let after: Value = serde_json::from_str(
+            &redis
+                .conn()
+                .get::<_, String>(format!("annika:tokens:agent:{GRAPH}"))
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(after["refresh_count"].as_u64().unwrap(), expected);
+        assert_ne!(after["token"], before["token"]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_outage_longer_than_a_sweep_is_ridden_out_and_recovered_from() {
+    let mut app = TestApp::spawn_with(&[
+        ("TOKEN_REFRESH_BEFORE_SECS", "9"),
+        ("TOKEN_MIN_VALIDITY_SECS", "3"),
+        ("TOKEN_SCOPES", "User.Read"),
+        ("TOKEN_REFRESH_BACKOFF_SECS", "1"),
+    ])
+    .await;
+    app.idp.set_expires_in(12);
+    let (status, first) = app
+        .get("/api/tokens/User.Read", Some(&app.keys.reader))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let expires_on = first["expires_on"].as_i64().unwrap();
+    app.idp.set_outage(Some(Failure::unavailable(2)));
+    let outage_from = app.idp.requests();
+    app.start_sweeper(Duration::from_secs(1));
+
+    // Served from the store while it has its minimum validity; then a 503 with
+    // Retry-After, never an expired token.
+    let mut saw_503 = false;
+    while unix_now() < expires_on - 1 {
+        let (status, body, headers) = app
+            .send(Method::GET, "/api/tokens/User.Read", Some(&app.keys.reader))
+            .await;
+        let left = expires_on - unix_now();
+        match status {
+            StatusCode::OK => {
+                assert_eq!(body["token"], first["token"]);
+                assert!(body["expires_on"].as_i64().unwrap() - unix_now() >= 3);
+            }
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert!(left <= 4, "503 while the stored token still had {left} s");
+                assert!(headers.contains_key("retry-after"));
+                saw_503 = true;
+            }
+            other => panic!("{other}: {body}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        saw_503,
+        "below its minimum validity the old token is not served"
+    );
+
+    // Retries were spaced by at least Retry-After (2 s), not once per 1 s sweep.
+    let arrivals = app.idp.arrivals();
+    let during = &arrivals[outage_from..];
+    assert!(during.len() >= 2, "the sweep kept trying: {}", during.len());
+    for pair in during.windows(2) {
+        let gap = pair[1] - pair[0];
+        assert!(gap >= Duration::from_millis(1900), "retried after {gap:?}");
+    }
+    let (_, list) = app.get("/api/tokens", Some(&app.keys.admin)).await;
+    let status = &list["tokens"][0]["refresh_status"];
+    if !status.is_null() {
+        assert_eq!(status["last_error"], "http_503");
+        assert_eq!(status["aadsts"], "AADSTS90006");
+    }
+
+    // The identity provider comes back: the sweep recovers without help.
+    app.idp.set_outage(None);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = app
+            .get("/api/tokens/User.Read", Some(&app.keys.reader))
+            .await;
+        if status == StatusCode::OK {
+            assert_ne!(body["token"], first["token"]);
+            break;
+        }
+        assert!(Instant::now() < deadline, "did not recover: {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redis_restart_under_load_is_survived() {
+    let mut redis = RedisServer::start();
+    let idp = Idp::start().await;
+    let keys = Keys::new();
+    let port = free_port();
+    let mut env = redis.env();
+    env.extend(idp.env());
+    env.push(("TOKEN_API_KEYS".into(), keys.json.clone()));
+    env.push(("TOKEN_REFRESH_INTERVAL_SECS".into(), "1".into()));
+    let mut handler = Handler::start(&["serve", "--port", &port.to_string()], &env, port);
+    handler.wait_for_probe().await;
+
+    // Bounded load: 8 workers, until told to stop or 20 s.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for _ in 0..8 {
+        let (stop, url, key) = (
+            stop.clone(),
+            handler.url(&format!("/api/tokens/{GRAPH_ENCODED}")),
+            keys.reader.clone(),
+        );
+        workers.push(tokio::spawn(async move {
+            let http = reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .unwrap();
+            let end = Instant::now() + Duration::from_secs(20);
+            let mut statuses = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < end {
+                let (status, _, _) = send(&http, Method::GET, &url, Some(&key)).await;
+                statuses.push(status);
+            }
+            statuses
+        }));
+    }
+    let http = reqwest::Client::new();
+    let health = |http: reqwest::Client, url: String| async move {
+        send(&http, Method::GET, &url, None).await.0
+    };
+    let health_url = handler.url("/api/tokens/health");
+    assert_eq!(
+        health(http.clone(), health_url.clone()).await,
+        StatusCode::OK
+    );
+
+    redis.stop();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while health(http.clone(), health_url.clone()).await != StatusCode::SERVICE_UNAVAILABLE {
+        assert!(
+            Instant::now() < deadline,
+            "health never noticed Redis was gone"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while health(http.clone(), health_url.clone()).await != StatusCode::OK {
+        assert!(Instant::now() < deadline, "did not reconnect to Redis");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for worker in workers {
+        for status in worker.await.unwrap() {
+            assert!(
+                status == StatusCode::OK || status == StatusCode::SERVICE_UNAVAILABLE,
+                "{status}"
+            );
+        }
+    }
+    // The restarted Redis is empty: the token is acquired again and served.
+    let (status, body, _) = send(
+        &http,
+        Method::GET,
+        &handler.url(&format!("/api/tokens/{GRAPH_ENCODED}")),
+        Some(&keys.reader),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(handler.child.try_wait().unwrap().is_none(), "still running");
+    assert!(handler.terminate().success());
+    let mut logs = String::new();
+    std::io::Read::read_to_string(&mut handler.child.stderr.take().unwrap(), &mut logs).unwrap();
+    assert!(!logs.contains("panicked"), "{logs}");
+}
