@@ -51,7 +51,8 @@ fn populate(conn: &mut redis::Connection, stored: usize) {
 fn make_due(conn: &mut redis::Connection) {
     let mut pipe = redis::pipe();
     for i in 0..DUE {
-        pipe.zadd("annika:tokens:schedule", key(i), unix_now() - 10).ignore();
+        pipe.zadd("annika:tokens:schedule", key(i), unix_now() - 10)
+            .ignore();
     }
     pipe.query::<()>(conn).expect("reschedule");
 }
@@ -75,8 +76,16 @@ async fn measure(stored: usize) -> Measured {
     let started = Instant::now();
     populate(&mut conn, stored);
     let used: String = redis::cmd("INFO").arg("memory").query(&mut conn).unwrap();
-    let used = used.lines().find(|l| l.starts_with("used_memory_human:")).unwrap_or("").trim().to_owned();
-    eprintln!("stored {stored} tokens in {:.1} s ({used})", started.elapsed().as_secs_f64());
+    let used = used
+        .lines()
+        .find(|l| l.starts_with("used_memory_human:"))
+        .unwrap_or("")
+        .trim()
+        .to_owned();
+    eprintln!(
+        "stored {stored} tokens in {:.1} s ({used})",
+        started.elapsed().as_secs_f64()
+    );
 
     let mut vars = redis.env();
     vars.extend(idp.env());
@@ -115,8 +124,14 @@ async fn main() {
     println!("| stored tokens | due | refreshed | sweep (median of {RUNS}) | Redis round trips |");
     println!("|---:|---:|---:|---:|---:|");
     for m in [&small, &large] {
-        println!("| {} | {DUE} | {} | {:.0} ms | {} |", m.stored, m.refreshed, m.millis, m.round_trips);
+        println!(
+            "| {} | {DUE} | {} | {:.0} ms | {} |",
+            m.stored, m.refreshed, m.millis, m.round_trips
+        );
     }
     println!();
-    println!("ratio 1,000,000 / 10,000 = {:.2}x (target: within 1.5x)", large.millis / small.millis);
+    println!(
+        "ratio 1,000,000 / 10,000 = {:.2}x (target: within 1.5x)",
+        large.millis / small.millis
+    );
 }

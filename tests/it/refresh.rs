@@ -247,12 +247,14 @@ async fn an_outage_longer_than_a_sweep_is_ridden_out_and_recovered_from() {
         let gap = pair[1] - pair[0];
         assert!(gap >= Duration::from_millis(1900), "retried after {gap:?}");
     }
-    let (_, list) = app.get("/api/tokens", Some(&app.keys.admin)).await;
-    let status = &list["tokens"][0]["refresh_status"];
-    if !status.is_null() {
-        assert_eq!(status["last_error"], "http_503");
-        assert_eq!(status["aadsts"], "AADSTS90006");
-    }
+    // The failure is on the key's status, visible in the listing. (The token itself
+    // may have expired by now; it is listed while it lives.)
+    let mut conn = app.redis.conn();
+    let status: String = conn.get("annika:tokens:status:agent:User.Read").unwrap();
+    let status: Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["last_error"], "http_503");
+    assert_eq!(status["aadsts"], 90006);
+    assert!(status["failures"].as_u64().unwrap() >= 2);
 
     // The identity provider comes back: the sweep recovers without help.
     app.idp.set_outage(None);
@@ -354,4 +356,73 @@ async fn a_redis_restart_under_load_is_survived() {
     let mut logs = String::new();
     std::io::Read::read_to_string(&mut handler.child.stderr.take().unwrap(), &mut logs).unwrap();
     assert!(!logs.contains("panicked"), "{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failures_show_in_the_listing() {
+    let app = TestApp::spawn_with(&[("TOKEN_SCOPES", "User.Read")]).await;
+    app.get("/api/tokens/User.Read", Some(&app.keys.reader))
+        .await;
+    app.idp.fail_next(Failure::throttled(30));
+    let (status, _) = app
+        .post("/api/tokens/refresh/User.Read", Some(&app.keys.reader))
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let (_, list) = app.get("/api/tokens", Some(&app.keys.admin)).await;
+    let entry = &list["tokens"][0];
+    assert_eq!(entry["scope"], "User.Read");
+    let status = &entry["refresh_status"];
+    assert_eq!(status["last_error"], "http_429");
+    assert_eq!(status["aadsts"], "AADSTS50196");
+    assert_eq!(status["failures"], 1);
+    assert!(
+        status["next_attempt"].as_i64().unwrap() >= unix_now() + 29,
+        "Retry-After honoured: {status}"
+    );
+    // The old token is still served meanwhile.
+    let (status, _) = app
+        .get("/api/tokens/User.Read", Some(&app.keys.reader))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn on_demand_tokens_nobody_reads_stop_being_refreshed() {
+    let app =
+        TestApp::spawn_with(&[("TOKEN_IDLE_SECS", "1"), ("TOKEN_SCOPES", "Warm.Scope")]).await;
+    // 600 s tokens are due at once (900 s window).
+    app.idp.set_expires_in(600);
+    app.get("/api/tokens/User.Read", Some(&app.keys.reader))
+        .await;
+    let summary = app.state.refresher.sweep().await.unwrap();
+    assert_eq!(
+        (summary.refreshed, summary.idle),
+        (2, 0),
+        "read just now: refreshed (and the warm scope acquired)"
+    );
+    // The idle rule is about wall-clock time: let more than TOKEN_IDLE_SECS pass unread.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let requests = app.idp.requests();
+    let summary = app.state.refresher.sweep().await.unwrap();
+    assert_eq!(summary.idle, 1, "{summary:?}");
+    assert_eq!(
+        summary.refreshed, 1,
+        "the warm scope is refreshed however idle: {summary:?}"
+    );
+    assert_eq!(app.idp.requests(), requests + 1);
+    let mut conn = app.redis.conn();
+    let scheduled: Option<f64> = conn
+        .zscore("annika:tokens:schedule", "annika:tokens:agent:User.Read")
+        .unwrap();
+    assert_eq!(scheduled, None, "no longer scheduled");
+    assert!(
+        conn.exists::<_, bool>("annika:tokens:agent:User.Read")
+            .unwrap(),
+        "still served until it expires"
+    );
+    // Reading it again brings it back into the schedule on its next refresh.
+    let (status, _) = app
+        .get("/api/tokens/User.Read", Some(&app.keys.reader))
+        .await;
+    assert_eq!(status, StatusCode::OK);
 }
