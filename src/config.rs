@@ -116,6 +116,8 @@ pub struct Config {
     pub store: StoreKind,
     pub auth: AuthMode,
     pub api_keys: Vec<ApiKeyEntry>,
+    /// AES-256 key for refresh tokens at rest.
+    pub encryption_key: Option<EncryptionKey>,
     pub bind: IpAddr,
     pub port: u16,
 }
@@ -178,15 +180,11 @@ impl Config {
             redis::IntoConnectionInfo::into_connection_info(url.expose())
                 .map_err(|_| bad("REDIS_URL", "is not a valid Redis URL"))?;
         }
-        if let Some(key) = &raw.token_encryption_key {
-            // Refresh-token encryption lands with per-user tokens; storing them in the
-            // clear while the operator asked for encryption would be a silent surprise.
-            let _ = key;
-            return Err(bad(
-                "TOKEN_ENCRYPTION_KEY",
-                "encryption at rest is not supported by this build yet; unset it",
-            ));
-        }
+        let encryption_key = raw
+            .token_encryption_key
+            .as_ref()
+            .map(|key| parse_encryption_key(key.expose()))
+            .transpose()?;
         let api_keys = load_api_keys(raw.token_api_keys, raw.token_api_keys_file)?;
         let namespace = raw.redis_namespace.unwrap_or_else(|| "annika:".to_owned());
         if namespace
@@ -226,6 +224,7 @@ impl Config {
             store: choice("TOKEN_STORE", raw.token_store)?.unwrap_or(StoreKind::Redis),
             auth: choice("TOKEN_API_AUTH", raw.token_api_auth)?.unwrap_or(AuthMode::Keys),
             api_keys,
+            encryption_key,
             bind: raw.bind.unwrap_or(IpAddr::from([127, 0, 0, 1])),
             port: raw.port.unwrap_or(7071),
         })
@@ -267,6 +266,35 @@ impl Config {
             AgentFlow::ManagedIdentity => Ok(()),
         }
     }
+}
+
+/// The 32 bytes of `TOKEN_ENCRYPTION_KEY`; `Debug` redacts them.
+#[derive(Clone)]
+pub struct EncryptionKey(pub [u8; 32]);
+
+impl std::fmt::Debug for EncryptionKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EncryptionKey(<redacted>)")
+    }
+}
+
+fn parse_encryption_key(value: &str) -> Result<EncryptionKey, ConfigError> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(value.trim())
+        .map_err(|_| {
+            bad(
+                "TOKEN_ENCRYPTION_KEY",
+                "is not base64 (make one with: openssl rand -base64 32)",
+            )
+        })?;
+    let key: [u8; 32] = bytes.try_into().map_err(|_| {
+        bad(
+            "TOKEN_ENCRYPTION_KEY",
+            "must be base64 of exactly 32 bytes (openssl rand -base64 32)",
+        )
+    })?;
+    Ok(EncryptionKey(key))
 }
 
 /// One of an enum's snake_case names; envy's own message would not name the variable.
@@ -430,6 +458,14 @@ mod tests {
             (vec![("TOKEN_API_KEYS", "[{]")], "TOKEN_API_KEYS"),
             (vec![("REDIS_URL", "http://x")], "REDIS_URL"),
             (vec![("TOKEN_SCOPES", "ok;bad\u{1}scope")], "TOKEN_SCOPES"),
+            (
+                vec![("TOKEN_ENCRYPTION_KEY", "c2hvcnQ=")],
+                "TOKEN_ENCRYPTION_KEY",
+            ),
+            (
+                vec![("TOKEN_ENCRYPTION_KEY", "not base64!")],
+                "TOKEN_ENCRYPTION_KEY",
+            ),
         ] {
             let message = error_of(&pairs);
             assert!(message.contains(var), "{message}");
@@ -469,13 +505,20 @@ mod tests {
             ("AZURE_CLIENT_SECRET", "client-secret-value"),
             ("AGENT_PASSWORD", "agent-password-value"),
             ("REDIS_PASSWORD", "redis-password-value"),
+            (
+                "TOKEN_ENCRYPTION_KEY",
+                "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+            ),
         ]))
         .unwrap();
+        assert_eq!(c.encryption_key.as_ref().unwrap().0[31], 31);
         let debug = format!("{c:?}");
         for secret in [
             "client-secret-value",
             "agent-password-value",
             "redis-password-value",
+            "AAECAwQF",
+            "29, 30",
         ] {
             assert!(!debug.contains(secret), "{debug}");
         }

@@ -24,6 +24,8 @@ pub enum InputError {
     RepeatedParameter(&'static str),
     #[error("give the scope in the path or as ?scope=, not both")]
     ScopeTwice,
+    #[error("{0}")]
+    Body(&'static str),
 }
 
 impl InputError {
@@ -34,6 +36,7 @@ impl InputError {
                 "Invalid scope"
             }
             Self::UserId => "Invalid user_id",
+            Self::Body(_) => "Invalid body",
             Self::MinValidity => "Invalid min_validity",
             Self::PercentEncoding(_) | Self::Utf8(_) | Self::RepeatedParameter(_) => {
                 "Invalid request"

@@ -15,9 +15,9 @@ pub mod store;
 
 use crate::callers::Callers;
 use crate::config::{Config, ConfigError, StoreKind};
-use crate::identity::{DevIssuer, Identity};
+use crate::identity::Identity;
 use crate::refresh::{RefreshSettings, Refresher};
-use crate::store::{MemoryStore, RedisStore, Store};
+use crate::store::{MemoryStore, RedisStore, Sealer, Store};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,7 +58,7 @@ impl AppState {
         };
         let identity = match issuer {
             Issuer::Entra => Identity::from_config(config)?,
-            Issuer::Dev { lifetime_secs } => Identity::Dev(DevIssuer::new(lifetime_secs)),
+            Issuer::Dev { lifetime_secs } => Identity::dev(lifetime_secs),
         };
         let settings = RefreshSettings {
             refresh_before_secs: config.refresh_before_secs,
@@ -70,7 +70,12 @@ impl AppState {
             backoff_base: Duration::from_secs(config.backoff_base_secs),
         };
         Ok(Self(Arc::new(Inner {
-            refresher: Arc::new(Refresher::new(store, identity, settings)),
+            refresher: Arc::new(Refresher::new(
+                store,
+                identity,
+                settings,
+                Sealer::new(config.encryption_key.as_ref().map(|k| &k.0)),
+            )),
             callers: Callers::new(config.auth, &config.api_keys),
         })))
     }

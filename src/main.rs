@@ -250,21 +250,34 @@ async fn run(mode: Mode) -> Result<(), String> {
     result.map_err(|e| format!("server error: {e}"))
 }
 
+/// Written with `writeln!` and errors ignored: a closed stdout (a supervisor that
+/// stopped reading) must not bring the service down, as `println!` would.
 fn print_dev_banner(addr: SocketAddr, key: &str, config: &Config) {
+    use std::io::Write;
     let scope = config
         .scopes
         .first()
         .map(|s| s.as_str().to_owned())
         .unwrap_or_default();
-    println!(
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
         "token broker (dev) on http://{addr}  store: in-process  issuer: local development JWTs"
     );
-    println!("API key (admin, this run only): {key}");
-    println!();
-    println!("  curl -H 'Authorization: Bearer {key}' http://{addr}/api/tokens/{scope}");
-    println!("  curl -H 'Authorization: Bearer {key}' http://{addr}/api/tokens");
-    println!(
+    let _ = writeln!(out, "API key (admin, this run only): {key}");
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "  curl -H 'Authorization: Bearer {key}' http://{addr}/api/tokens/{scope}"
+    );
+    let _ = writeln!(
+        out,
+        "  curl -H 'Authorization: Bearer {key}' http://{addr}/api/tokens"
+    );
+    let _ = writeln!(
+        out,
         "  curl -X POST -H 'Authorization: Bearer {key}' http://{addr}/api/tokens/refresh/{scope}"
     );
-    println!("  curl http://{addr}/api/tokens/health");
+    let _ = writeln!(out, "  curl http://{addr}/api/tokens/health");
+    let _ = out.flush();
 }

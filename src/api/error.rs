@@ -160,6 +160,23 @@ impl ApiError {
                 e.retry_after = Some((*retry_after).max(1));
                 e.about(key)
             }
+            RefreshError::NoGrant { undecryptable } => {
+                let message = if *undecryptable {
+                    "The stored refresh token cannot be decrypted with the current TOKEN_ENCRYPTION_KEY; store a new grant with PUT"
+                } else {
+                    "No refresh token is stored for this user and scope; store a grant with PUT"
+                };
+                Self::token_not_found(key).with("message", message)
+            }
+            RefreshError::GrantRevoked => Self::token_not_found(key).with(
+                "message",
+                "The identity provider rejected the user's refresh token (revoked or expired); the token was removed; store a new grant with PUT",
+            ),
+            RefreshError::Expired => Self::new(
+                StatusCode::BAD_REQUEST,
+                "Invalid grant",
+                "The token has already expired",
+            ),
             RefreshError::Busy => {
                 let mut e = Self::new(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -211,6 +228,11 @@ impl ApiError {
                 e.retry_after = Some(retry_after.unwrap_or(DEFAULT_RETRY_AFTER));
                 e
             }
+            IdpError::NotConfigured => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Per-user tokens not configured",
+                "Per-user tokens need the app registration's AZURE_TENANT_ID, AZURE_CLIENT_ID and AZURE_CLIENT_SECRET",
+            ),
             IdpError::Unreachable(_) | IdpError::Protocol(_) => {
                 let mut e = Self::new(
                     StatusCode::SERVICE_UNAVAILABLE,

@@ -6,7 +6,7 @@ mod input;
 mod tokens;
 
 pub use self::error::ApiError;
-pub use self::input::{TokenQuery, parse_query, scope_from_path};
+pub use self::input::{TokenQuery, parse_grant, parse_query, scope_from_path};
 
 use crate::AppState;
 use crate::callers::Caller;
@@ -28,7 +28,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/tokens/refresh/{*scope}", post(tokens::refresh))
         .route(
             "/api/tokens/{*scope}",
-            get(tokens::get_token).delete(tokens::delete_token),
+            get(tokens::get_token)
+                .delete(tokens::delete_token)
+                .put(tokens::put_token),
         )
         .route("/timer-refresh", post(crate::functions::timer_refresh))
         .fallback(|| async { ApiError::no_route() })

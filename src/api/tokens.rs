@@ -1,6 +1,6 @@
 //! The token routes.
 
-use super::input::{parse_query, scope_from_path};
+use super::input::{parse_grant, parse_query, scope_from_path};
 use super::{ApiError, Authed};
 use crate::AppState;
 use crate::callers::{Caller, Outcome, audit};
@@ -8,7 +8,9 @@ use crate::clock::unix_now;
 use crate::domain::{InputError, TokenKey, UserId};
 use crate::store::{RefreshStatus, TokenRecord};
 use axum::Json;
+use axum::body::Bytes;
 use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
 use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
@@ -259,6 +261,58 @@ pub async fn delete_token(
             audit(&caller.name, "delete", &key, Outcome::Failed, None);
             tracing::error!(%error, "token store failed");
             Err(ApiError::store_unavailable())
+        }
+    }
+}
+
+/// `PUT /api/tokens/{scope}?user_id=U`: admin only; stores a user's grant.
+pub async fn put_token(
+    State(app): State<AppState>,
+    Authed(caller): Authed,
+    uri: Uri,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let scope = scope_from_path(path_rest(&uri, "/api/tokens/"))?;
+    let query = parse_query(uri.query())?;
+    let Some(user) = query.user else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "Invalid user_id",
+            "PUT stores a user's grant: give the user as ?user_id=",
+        ));
+    };
+    let key = TokenKey::User(user, scope);
+    if !caller.admin {
+        audit(&caller.name, "store", &key, Outcome::Denied, None);
+        return Err(ApiError::admin_only());
+    }
+    let body = body.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "Payload too large",
+            format!("The body must be under {} bytes", super::MAX_BODY),
+        )
+    })?;
+    let grant = parse_grant(&body)?;
+    match app.refresher.store_user_grant(&key, grant).await {
+        Ok(record) => {
+            audit(
+                &caller.name,
+                "store",
+                &key,
+                Outcome::Ok,
+                Some(&record.token),
+            );
+            let store = app.refresher.store();
+            let has_refresh_token = store.get_secret(&key).await.ok().flatten().is_some();
+            let mut body = list_entry(&store.keys().token(&key), &record, None);
+            body["status"] = Value::from("stored");
+            body["has_refresh_token"] = Value::from(has_refresh_token);
+            Ok((StatusCode::CREATED, Json(body)).into_response())
+        }
+        Err(error) => {
+            audit(&caller.name, "store", &key, Outcome::Failed, None);
+            Err(ApiError::refresh(&error, &key))
         }
     }
 }

@@ -20,7 +20,7 @@ pub struct DevIssuer {
 #[derive(Serialize)]
 struct Claims<'a> {
     iss: &'a str,
-    sub: &'static str,
+    sub: &'a str,
     aud: String,
     scp: &'a str,
     iat: i64,
@@ -41,12 +41,14 @@ impl DevIssuer {
         }
     }
 
-    pub fn issue(&self, scope: &Scope) -> Acquired {
+    /// A token for the agent (`user: None`) or for a user, with a refresh token
+    /// for users (any later refresh is answered with a new token).
+    pub fn issue(&self, scope: &Scope, user: Option<&str>) -> Acquired {
         let now = unix_now();
         let serial = self.issued.fetch_add(1, Ordering::Relaxed);
         let claims = Claims {
             iss: &self.issuer,
-            sub: "dev-agent",
+            sub: user.unwrap_or("dev-agent"),
             aud: audience(scope),
             scp: scope.as_str(),
             iat: now,
@@ -61,7 +63,8 @@ impl DevIssuer {
             token: Secret::new(token),
             expires_on: claims.exp,
             refresh_in: None,
-            refresh_token: None,
+            refresh_token: user
+                .map(|_| Secret::new(format!("dev-rt-{:032x}", rand::random::<u128>()))),
         }
     }
 }
@@ -83,8 +86,10 @@ mod tests {
     fn issues_signed_jwts_for_the_scope() {
         let issuer = DevIssuer::new(3600);
         let scope = Scope::parse("https://graph.microsoft.com/.default").unwrap();
-        let a = issuer.issue(&scope);
-        let b = issuer.issue(&scope);
+        let a = issuer.issue(&scope, None);
+        let b = issuer.issue(&scope, None);
+        assert!(a.refresh_token.is_none());
+        assert!(issuer.issue(&scope, Some("u")).refresh_token.is_some());
         assert_ne!(a.token, b.token);
         let parts: Vec<&str> = a.token.expose().split('.').collect();
         assert_eq!(parts.len(), 3, "header.payload.signature");

@@ -134,12 +134,97 @@ impl TokenEndpoint {
     }
 }
 
-/// Agent tokens through the resource-owner password grant, with `offline_access`
-/// so a refresh token comes back and later refreshes need not send the password.
-pub struct PasswordFlow {
+/// The app registration as a confidential client of the token endpoint: the
+/// grants that need its secret and return refresh tokens.
+pub struct DelegatedClient {
     endpoint: TokenEndpoint,
     client_id: String,
     client_secret: Option<Secret>,
+}
+
+impl DelegatedClient {
+    pub fn new(config: &Config, http: reqwest::Client) -> Self {
+        Self {
+            endpoint: TokenEndpoint::new(http, config.token_endpoint()),
+            client_id: config.client_id.clone(),
+            client_secret: config.client_secret.clone(),
+        }
+    }
+
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    /// Posts `grant` plus the client's credentials and `scope` with `offline_access`,
+    /// so every delegated answer carries a refresh token.
+    async fn post(&self, scope: &Scope, grant: &[(&str, &str)]) -> Result<Acquired, IdpError> {
+        let scope_param = with_offline_access(scope);
+        let mut form = vec![
+            ("client_id", self.client_id.as_str()),
+            ("scope", scope_param.as_str()),
+        ];
+        if let Some(secret) = &self.client_secret {
+            form.push(("client_secret", secret.expose()));
+        }
+        form.extend_from_slice(grant);
+        self.endpoint.post(&form).await
+    }
+
+    pub async fn refresh(
+        &self,
+        scope: &Scope,
+        refresh_token: &Secret,
+    ) -> Result<Acquired, IdpError> {
+        self.post(
+            scope,
+            &[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", refresh_token.expose()),
+            ],
+        )
+        .await
+    }
+
+    /// The on-behalf-of exchange: a user's token for this app becomes the user's
+    /// token for `scope`.
+    pub async fn on_behalf_of(
+        &self,
+        scope: &Scope,
+        assertion: &Secret,
+    ) -> Result<Acquired, IdpError> {
+        self.post(
+            scope,
+            &[
+                ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
+                ("requested_token_use", "on_behalf_of"),
+                ("assertion", assertion.expose()),
+            ],
+        )
+        .await
+    }
+
+    pub async fn password(
+        &self,
+        scope: &Scope,
+        username: &str,
+        password: &Secret,
+    ) -> Result<Acquired, IdpError> {
+        self.post(
+            scope,
+            &[
+                ("grant_type", "password"),
+                ("username", username),
+                ("password", password.expose()),
+            ],
+        )
+        .await
+    }
+}
+
+/// Agent tokens through the resource-owner password grant, with `offline_access`
+/// so a refresh token comes back and later refreshes need not send the password.
+pub struct PasswordFlow {
+    client: DelegatedClient,
     username: String,
     password: Secret,
 }
@@ -147,9 +232,7 @@ pub struct PasswordFlow {
 impl PasswordFlow {
     pub fn new(config: &Config, http: reqwest::Client) -> Self {
         Self {
-            endpoint: TokenEndpoint::new(http, config.token_endpoint()),
-            client_id: config.client_id.clone(),
-            client_secret: config.client_secret.clone(),
+            client: DelegatedClient::new(config, http),
             username: config.agent_user_name.clone().unwrap_or_default(),
             password: config
                 .agent_password
@@ -159,7 +242,7 @@ impl PasswordFlow {
     }
 
     pub fn client_id(&self) -> &str {
-        &self.client_id
+        self.client.client_id()
     }
 
     pub async fn acquire(
@@ -167,19 +250,8 @@ impl PasswordFlow {
         scope: &Scope,
         refresh_token: Option<&Secret>,
     ) -> Result<Acquired, IdpError> {
-        let scope_param = with_offline_access(scope);
-        let mut form = vec![
-            ("client_id", self.client_id.as_str()),
-            ("scope", scope_param.as_str()),
-        ];
-        if let Some(secret) = &self.client_secret {
-            form.push(("client_secret", secret.expose()));
-        }
         if let Some(refresh_token) = refresh_token {
-            let mut grant = form.clone();
-            grant.push(("grant_type", "refresh_token"));
-            grant.push(("refresh_token", refresh_token.expose()));
-            match self.endpoint.post(&grant).await {
+            match self.client.refresh(scope, refresh_token).await {
                 Err(error) if error.is_invalid_grant() => {
                     // Expired, revoked, or the password changed: the password still works.
                     tracing::info!(%error, scope = %scope, "refresh token rejected; using the password grant");
@@ -187,10 +259,9 @@ impl PasswordFlow {
                 other => return other,
             }
         }
-        form.push(("grant_type", "password"));
-        form.push(("username", self.username.as_str()));
-        form.push(("password", self.password.expose()));
-        self.endpoint.post(&form).await
+        self.client
+            .password(scope, &self.username, &self.password)
+            .await
     }
 }
 

@@ -15,6 +15,7 @@ pub use self::entra::TokenEndpoint;
 use crate::config::{AgentFlow, Config, ConfigError};
 use crate::domain::Scope;
 use crate::secret::Secret;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A token as the identity provider issued it.
@@ -48,6 +49,9 @@ pub enum IdpError {
     Unreachable(String),
     #[error("identity provider answered something unexpected: {0}")]
     Protocol(String),
+    /// Per-user grants need the app registration's secret.
+    #[error("per-user tokens need AZURE_TENANT_ID, AZURE_CLIENT_ID and AZURE_CLIENT_SECRET")]
+    NotConfigured,
 }
 
 fn aadsts_suffix(code: Option<u32>) -> String {
@@ -75,12 +79,13 @@ impl IdpError {
             Self::Unavailable { status, aadsts, .. } => (format!("http_{status}"), *aadsts),
             Self::Unreachable(_) => ("unreachable".to_owned(), None),
             Self::Protocol(_) => ("bad_response".to_owned(), None),
+            Self::NotConfigured => ("not_configured".to_owned(), None),
         }
     }
 
     /// Whether trying again later may succeed (throttling, outages, network).
     pub fn is_transient(&self) -> bool {
-        !matches!(self, Self::Rejected { .. })
+        !matches!(self, Self::Rejected { .. } | Self::NotConfigured)
     }
 }
 
@@ -99,57 +104,119 @@ pub fn http_client() -> Result<reqwest::Client, ConfigError> {
         .map_err(|e| ConfigError(format!("HTTP client: {e}")))
 }
 
-/// The flow that acquires agent tokens.
-pub enum Identity {
+/// How agent tokens are acquired.
+enum AgentGrant {
     Password(entra::PasswordFlow),
     Azure(azure::AzureFlow),
-    Dev(DevIssuer),
+    Dev(Arc<DevIssuer>),
+}
+
+/// How user tokens are exchanged and refreshed.
+enum UserFlow {
+    Entra(entra::DelegatedClient),
+    Dev(Arc<DevIssuer>),
+    /// No client secret (managed identity): Entra has no delegated grant for us.
+    Unavailable,
+}
+
+/// The identity provider as the service uses it: agent tokens by the configured
+/// flow, user tokens by on-behalf-of exchange and refresh tokens.
+pub struct Identity {
+    agent: AgentGrant,
+    users: UserFlow,
 }
 
 impl Identity {
     pub fn from_config(config: &Config) -> Result<Self, ConfigError> {
         config.check_agent_credentials()?;
         let http = http_client()?;
-        Ok(match config.agent_flow {
-            AgentFlow::Password => Self::Password(entra::PasswordFlow::new(config, http)),
-            AgentFlow::ClientCredentials | AgentFlow::ManagedIdentity => {
-                Self::Azure(azure::AzureFlow::new(config, http)?)
+        let agent = match config.agent_flow {
+            AgentFlow::Password => {
+                AgentGrant::Password(entra::PasswordFlow::new(config, http.clone()))
             }
-        })
+            AgentFlow::ClientCredentials | AgentFlow::ManagedIdentity => {
+                AgentGrant::Azure(azure::AzureFlow::new(config, http.clone())?)
+            }
+        };
+        let confidential = !config.tenant_id.is_empty()
+            && !config.client_id.is_empty()
+            && config.client_secret.is_some();
+        let users = if confidential {
+            UserFlow::Entra(entra::DelegatedClient::new(config, http))
+        } else {
+            UserFlow::Unavailable
+        };
+        Ok(Self { agent, users })
+    }
+
+    /// `handler dev`: everything from the local development issuer.
+    pub fn dev(lifetime_secs: u64) -> Self {
+        let issuer = Arc::new(DevIssuer::new(lifetime_secs));
+        Self {
+            agent: AgentGrant::Dev(issuer.clone()),
+            users: UserFlow::Dev(issuer),
+        }
     }
 
     pub fn flow_name(&self) -> &'static str {
-        match self {
-            Self::Password(_) => "password",
-            Self::Azure(flow) => flow.name(),
-            Self::Dev(_) => "dev",
+        match &self.agent {
+            AgentGrant::Password(_) => "password",
+            AgentGrant::Azure(flow) => flow.name(),
+            AgentGrant::Dev(_) => "dev",
         }
     }
 
     pub fn client_id(&self) -> &str {
-        match self {
-            Self::Password(flow) => flow.client_id(),
-            Self::Azure(flow) => flow.client_id(),
-            Self::Dev(_) => "dev",
+        match &self.agent {
+            AgentGrant::Password(flow) => flow.client_id(),
+            AgentGrant::Azure(flow) => flow.client_id(),
+            AgentGrant::Dev(_) => "dev",
         }
     }
 
-    /// Whether this flow hands out refresh tokens worth keeping.
+    /// Whether agent tokens come with refresh tokens worth keeping.
     pub fn uses_refresh_tokens(&self) -> bool {
-        matches!(self, Self::Password(_))
+        matches!(self.agent, AgentGrant::Password(_))
     }
 
-    /// One token for `scope`: with `refresh_token` when the flow has one, falling
-    /// back to the flow's primary grant when the identity provider rejects it.
+    /// One agent token for `scope`: with `refresh_token` when the flow has one,
+    /// falling back to the flow's primary grant when the identity provider rejects it.
     pub async fn acquire(
         &self,
         scope: &Scope,
         refresh_token: Option<&Secret>,
     ) -> Result<Acquired, IdpError> {
-        match self {
-            Self::Password(flow) => flow.acquire(scope, refresh_token).await,
-            Self::Azure(flow) => flow.acquire(scope).await,
-            Self::Dev(issuer) => Ok(issuer.issue(scope)),
+        match &self.agent {
+            AgentGrant::Password(flow) => flow.acquire(scope, refresh_token).await,
+            AgentGrant::Azure(flow) => flow.acquire(scope).await,
+            AgentGrant::Dev(issuer) => Ok(issuer.issue(scope, None)),
+        }
+    }
+
+    /// Exchanges a user's token for this app (`assertion`) for the user's token
+    /// for `scope`, with a refresh token.
+    pub async fn on_behalf_of(
+        &self,
+        scope: &Scope,
+        assertion: &Secret,
+    ) -> Result<Acquired, IdpError> {
+        match &self.users {
+            UserFlow::Entra(client) => client.on_behalf_of(scope, assertion).await,
+            UserFlow::Dev(issuer) => Ok(issuer.issue(scope, Some("dev-user"))),
+            UserFlow::Unavailable => Err(IdpError::NotConfigured),
+        }
+    }
+
+    /// Redeems a user's refresh token.
+    pub async fn refresh_user(
+        &self,
+        scope: &Scope,
+        refresh_token: &Secret,
+    ) -> Result<Acquired, IdpError> {
+        match &self.users {
+            UserFlow::Entra(client) => client.refresh(scope, refresh_token).await,
+            UserFlow::Dev(issuer) => Ok(issuer.issue(scope, Some("dev-user"))),
+            UserFlow::Unavailable => Err(IdpError::NotConfigured),
         }
     }
 }

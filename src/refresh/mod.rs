@@ -5,17 +5,22 @@
 //! Redis. Whoever holds both asks the identity provider; everyone else waits for
 //! the token (or the failure) it stores.
 
+mod grants;
 mod schedule;
 mod sweep;
 
+pub use self::grants::UserGrant;
 pub use self::schedule::{backoff, due_at};
 pub use self::sweep::SweepSummary;
 
+use self::grants::{Acquisition, Grant};
 use crate::clock::{unix_now, unix_now_ms};
 use crate::domain::{Scope, TokenKey};
-use crate::identity::{Identity, IdpError};
+use crate::identity::{Acquired, Identity, IdpError};
 use crate::secret::Secret;
-use crate::store::{PutOutcome, RefreshStatus, Store, StoreError, TokenMetadata, TokenRecord};
+use crate::store::{
+    PutOutcome, RefreshStatus, Sealer, Store, StoreError, TokenMetadata, TokenRecord,
+};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -36,6 +41,17 @@ pub enum RefreshError {
     /// Another instance held the key's lease longer than any request may take.
     #[error("another instance is still refreshing this token")]
     Busy,
+    /// A user token with no usable refresh token stored (none, or sealed with
+    /// another `TOKEN_ENCRYPTION_KEY`): nothing to refresh it with.
+    #[error("no refresh grant is stored for this user token")]
+    NoGrant { undecryptable: bool },
+    /// The identity provider rejected the user's refresh token (`invalid_grant`);
+    /// the token and its grant were removed.
+    #[error("the user's refresh token was rejected; the token was removed")]
+    GrantRevoked,
+    /// A token handed to the service that has already expired.
+    #[error("the token has already expired")]
+    Expired,
     /// The task doing the refresh panicked or was cancelled at shutdown.
     #[error("the refresh task stopped before finishing")]
     Aborted,
@@ -61,7 +77,7 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// request (the HTTP client gives up after 30 s), renewed every third of it.
 pub const LEASE_TTL: Duration = Duration::from_secs(45);
 /// How long a caller waits for another instance's refresh to land.
-const LEASE_WAIT: Duration = Duration::from_secs(50);
+pub(crate) const LEASE_WAIT: Duration = Duration::from_secs(50);
 /// Reads are recorded in Redis at most this often per key and instance, so the
 /// idle clock costs nothing on the hot path.
 const READ_MARK_EVERY_SECS: i64 = 600;
@@ -84,11 +100,22 @@ pub struct Refresher {
     leases_taken: AtomicU64,
     /// When this instance last recorded a read of each key.
     reads: Mutex<HashMap<TokenKey, i64>>,
+    /// Refresh tokens at rest: sealed with `TOKEN_ENCRYPTION_KEY` when set.
+    sealer: Sealer,
+    /// Stored refresh tokens this instance could not decrypt (key changed).
+    undecryptable: AtomicU64,
 }
 
 impl Refresher {
-    pub fn new(store: Store, identity: Identity, settings: RefreshSettings) -> Self {
+    pub fn new(
+        store: Store,
+        identity: Identity,
+        settings: RefreshSettings,
+        sealer: Sealer,
+    ) -> Self {
         Self {
+            sealer,
+            undecryptable: AtomicU64::new(0),
             store,
             identity,
             settings,
@@ -111,6 +138,11 @@ impl Refresher {
     /// metrics, and for tests that must know every caller has arrived.
     pub fn flight_waiters(&self, key: &TokenKey) -> usize {
         self.flights.waiters(key)
+    }
+
+    /// Stored refresh tokens this instance could not decrypt since it started.
+    pub fn undecryptable_grants(&self) -> u64 {
+        self.undecryptable.load(Ordering::Relaxed)
     }
 
     /// All callers waiting on or running flights in this instance.
@@ -145,13 +177,17 @@ impl Refresher {
         if let Some(record) = stored.as_ref().filter(|r| good(r)) {
             return Ok(Some(record.clone()));
         }
-        // An agent token that is stored but too short-lived is renewed even when
-        // on-demand acquisition is off: the service already owns that scope.
-        let renewable = matches!(key, TokenKey::Agent(_)) && stored.is_some();
-        if !(renewable || self.may_acquire(key)) {
+        // A token that is stored but too short-lived is renewed even when on-demand
+        // acquisition is off: the service already owns that key.
+        if !(stored.is_some() || self.may_acquire(key)) {
             return Ok(None);
         }
-        Ok(Some(self.flight(key, arrived, good).await?.record))
+        match self.flight(key, arrived, good).await {
+            Ok(landed) => Ok(Some(landed.record)),
+            // A user token that cannot be renewed is not served below its minimum.
+            Err(RefreshError::NoGrant { .. } | RefreshError::GrantRevoked) => Ok(None),
+            Err(error) => Err(error),
+        }
     }
 
     /// A new token from the identity provider, bypassing every cache. A refresh
@@ -163,13 +199,10 @@ impl Refresher {
         key: &TokenKey,
     ) -> Result<Option<TokenRecord>, RefreshError> {
         let arrived = Instant::now();
-        if matches!(key, TokenKey::User(..)) {
-            // A user token is refreshed with the user's own grant, which this build
-            // does not store yet; never with the agent's credentials.
-            return Ok(None);
-        }
         let before = self.store.get(key).await?;
         if !self.may_acquire(key) && before.is_none() {
+            // A user token is refreshed with the user's own grant, never with the
+            // agent's credentials; with neither token nor grant there is nothing to do.
             return Ok(None);
         }
         let before = before.map(|r| r.token);
@@ -329,25 +362,68 @@ impl Refresher {
     }
 
     async fn acquire_and_store(&self, key: &TokenKey) -> Result<TokenRecord, RefreshError> {
-        let refresh_token = if self.identity.uses_refresh_tokens() {
-            self.store.get_secret(key).await?
-        } else {
-            None
-        };
         let requested_at_ms = unix_now_ms();
-        let acquired = match self
-            .identity
-            .acquire(key.scope(), refresh_token.as_ref())
-            .await
-        {
-            Ok(acquired) => acquired,
-            Err(error) => {
-                self.record_failure(key, &error).await;
-                return Err(error.into());
+        let (result, how) = match key {
+            TokenKey::Agent(scope) => {
+                let refresh_token = match self.identity.uses_refresh_tokens() {
+                    true => self.read_grant(key).await?.present(),
+                    false => None,
+                };
+                (
+                    self.identity.acquire(scope, refresh_token.as_ref()).await,
+                    Acquisition::Agent,
+                )
+            }
+            TokenKey::User(_, scope) => {
+                let refresh_token = match self.read_grant(key).await? {
+                    Grant::Present(token) => token,
+                    Grant::Missing => {
+                        return Err(RefreshError::NoGrant {
+                            undecryptable: false,
+                        });
+                    }
+                    Grant::Undecryptable => {
+                        return Err(RefreshError::NoGrant {
+                            undecryptable: true,
+                        });
+                    }
+                };
+                (
+                    self.identity.refresh_user(scope, &refresh_token).await,
+                    Acquisition::UserRefresh,
+                )
             }
         };
+        match result {
+            Ok(acquired) => {
+                self.store_acquired(key, acquired, requested_at_ms, how)
+                    .await
+            }
+            Err(error) if error.is_invalid_grant() && matches!(key, TokenKey::User(..)) => {
+                // Revoked, expired, password changed or consent withdrawn: this grant
+                // will never work again, and the user's token must not outlive it.
+                self.revoke(key, &error).await?;
+                Err(RefreshError::GrantRevoked)
+            }
+            Err(error) => {
+                self.record_failure(key, &error).await;
+                Err(error.into())
+            }
+        }
+    }
+
+    /// Writes what the identity provider issued: the refresh token (rotated when a
+    /// new one came back) under its secret key, the token under its key with its
+    /// refresh schedule.
+    async fn store_acquired(
+        &self,
+        key: &TokenKey,
+        acquired: Acquired,
+        requested_at_ms: i64,
+        how: Acquisition,
+    ) -> Result<TokenRecord, RefreshError> {
         if let Some(refresh_token) = &acquired.refresh_token {
-            self.store.put_secret(key, refresh_token).await?;
+            self.write_grant(key, refresh_token).await?;
         }
         let stored_at = unix_now();
         let mut record = TokenRecord {
@@ -357,10 +433,13 @@ impl Refresher {
             stored_at,
             user_id: key.user().map(|u| u.as_str().to_owned()),
             metadata: TokenMetadata {
-                // The seed's value: applications reading Redis may match on it.
-                acquired_by: "agent_auth_manager".to_owned(),
+                acquired_by: how.acquired_by().to_owned(),
                 client_id: self.identity.client_id().to_owned(),
-                flow: self.identity.flow_name().to_owned(),
+                flow: match how {
+                    Acquisition::Agent => self.identity.flow_name(),
+                    other => other.flow(),
+                }
+                .to_owned(),
             },
             requested_at_ms,
             refresh_count: 0,

@@ -32,8 +32,12 @@ pub struct SweepSummary {
     pub backing_off: usize,
     /// On-demand tokens nobody read within `TOKEN_IDLE_SECS`: no longer refreshed.
     pub idle: usize,
-    /// Due user tokens: refreshing them needs their grant (not in this build yet).
-    pub skipped_users: usize,
+    /// Due user tokens with no refresh token stored: no longer scheduled.
+    pub no_grant: usize,
+    /// ... of which the refresh token could not be decrypted (key changed).
+    pub undecryptable: usize,
+    /// User tokens whose refresh token the identity provider rejected: removed.
+    pub revoked: usize,
     /// Index entries whose token had expired, removed.
     pub pruned: usize,
     pub duration_ms: u64,
@@ -45,14 +49,16 @@ pub struct SweepSummary {
 impl SweepSummary {
     pub fn line(&self) -> String {
         format!(
-            "sweep: due={} refreshed={} failed={} skipped_locked={} backing_off={} idle={} skipped_users={} pruned={} duration_ms={} round_trips={}",
+            "sweep: due={} refreshed={} failed={} skipped_locked={} backing_off={} idle={} no_grant={} undecryptable={} revoked={} pruned={} duration_ms={} round_trips={}",
             self.due,
             self.refreshed,
             self.failed,
             self.skipped_locked,
             self.backing_off,
             self.idle,
-            self.skipped_users,
+            self.no_grant,
+            self.undecryptable,
+            self.revoked,
             self.pruned,
             self.duration_ms,
             self.round_trips
@@ -66,6 +72,11 @@ enum Swept {
     Shared,
     BackingOff,
     Failed,
+    NoGrant {
+        full_key: String,
+        undecryptable: bool,
+    },
+    Revoked,
 }
 
 impl Refresher {
@@ -109,9 +120,8 @@ impl Refresher {
             match (key, record) {
                 (_, None) if self.is_warm(key) => work.push((key.clone(), None)),
                 (_, None) => gone.push(keys.token(key)),
-                (TokenKey::User(..), Some(_)) => {
-                    summary.skipped_users += 1;
-                    stop_refreshing.push(keys.token(key));
+                (TokenKey::User(..), Some(record)) => {
+                    work.push((key.clone(), Some(record.token.clone())))
                 }
                 (TokenKey::Agent(_), Some(record)) if self.is_warm(key) => {
                     work.push((key.clone(), Some(record.token.clone())))
@@ -159,6 +169,11 @@ impl Refresher {
                     Ok(Landed { requested: true, .. }) => Swept::Refreshed,
                     Ok(Landed { requested: false, .. }) => Swept::Shared,
                     Err(RefreshError::BackingOff { .. }) => Swept::BackingOff,
+                    Err(RefreshError::NoGrant { undecryptable }) => Swept::NoGrant {
+                        full_key: self.store.keys().token(&key),
+                        undecryptable,
+                    },
+                    Err(RefreshError::GrantRevoked) => Swept::Revoked,
                     Err(error) => {
                         tracing::warn!(%error, scope = %key.scope(), "sweep could not refresh a token");
                         Swept::Failed
@@ -168,14 +183,26 @@ impl Refresher {
             .buffer_unordered(self.settings.concurrency)
             .collect()
             .await;
+        let mut ungranted = Vec::new();
         for result in results {
             match result {
                 Swept::Refreshed => summary.refreshed += 1,
                 Swept::Shared => summary.skipped_locked += 1,
                 Swept::BackingOff => summary.backing_off += 1,
                 Swept::Failed => summary.failed += 1,
+                Swept::Revoked => summary.revoked += 1,
+                Swept::NoGrant {
+                    full_key,
+                    undecryptable,
+                } => {
+                    summary.no_grant += 1;
+                    summary.undecryptable += usize::from(undecryptable);
+                    ungranted.push(full_key);
+                }
             }
         }
+        // Nothing to refresh them with: served until they expire, not retried.
+        self.store.unschedule(&ungranted, false).await?;
         summary.duration_ms = started.elapsed().as_millis() as u64;
         summary.round_trips = self.store.round_trips() - trips_before;
         Ok(summary)

@@ -132,6 +132,10 @@ impl MemoryStore {
         self.lock().secrets.insert(key.clone(), secret.clone());
     }
 
+    pub fn delete_secret(&self, key: &TokenKey) {
+        self.lock().secrets.remove(key);
+    }
+
     pub fn due(&self, now: i64, limit: usize) -> Vec<String> {
         let state = self.lock();
         let mut due: Vec<(i64, &TokenKey)> = state

@@ -4,10 +4,12 @@
 mod keys;
 mod memory;
 mod redis;
+mod seal;
 
 pub use self::keys::Keys;
 pub use self::memory::MemoryStore;
 pub use self::redis::RedisStore;
+pub use self::seal::{Sealer, Unsealable};
 
 use crate::domain::TokenKey;
 use crate::secret::{Secret, serialize_exposed};
@@ -189,6 +191,10 @@ impl Store {
 
     pub async fn put_secret(&self, key: &TokenKey, secret: &Secret) -> Result<(), StoreError> {
         each!(self, s => s.put_secret(key, secret).await, s.put_secret(key, secret))
+    }
+
+    pub async fn delete_secret(&self, key: &TokenKey) -> Result<(), StoreError> {
+        each!(self, s => s.delete_secret(key).await, s.delete_secret(key))
     }
 
     /// Whether the backing store answers. The memory store always does.

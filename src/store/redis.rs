@@ -557,6 +557,16 @@ impl RedisStore {
         Ok(())
     }
 
+    pub async fn delete_secret(&self, key: &TokenKey) -> Result<(), StoreError> {
+        let name = self.keys.secret(key);
+        self.run(|mut c| {
+            let name = name.clone();
+            async move { c.del::<_, ()>(name).await }
+        })
+        .await?;
+        Ok(())
+    }
+
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.run(|mut c| async move { redis::cmd("PING").query_async::<String>(&mut c).await })
             .await?;

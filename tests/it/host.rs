@@ -222,6 +222,7 @@ async fn every_route_of_the_function_json_files_is_served() {
             &format!("/api/tokens/refresh/{GRAPH}"),
             "tokens-refresh",
         ),
+        ("PUT", "/api/tokens/User.Read?user_id=erin", "tokens"),
         ("DELETE", "/api/tokens/User.Read", "tokens"),
     ];
     let mut served = std::collections::HashSet::new();
@@ -232,8 +233,16 @@ async fn every_route_of_the_function_json_files_is_served() {
         assert_eq!(route.function, function, "{method} {path}");
         served.insert((route.function.clone(), method.to_owned()));
         let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-        let (status, body, _) =
-            send(&http, method.clone(), &handler.url(path), Some(&keys.admin)).await;
+        // Every request carries a grant body; only PUT reads it.
+        let response = http
+            .request(method.clone(), handler.url(path))
+            .bearer_auth(&keys.admin)
+            .json(&json!({"access_token": "eyJ.erin.token", "expires_in": 3600}))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let body = response.text().await.unwrap();
         assert!(status.is_success(), "{method} {path} -> {status} {body}");
     }
     // Every method of every HTTP function was exercised above.
@@ -275,18 +284,22 @@ async fn dev_mode_runs_with_nothing_configured() {
     let port = free_port();
     let mut handler = Handler::start(&["dev", "--port", &port.to_string()], &[], port);
     let stdout = handler.child.stdout.take().unwrap();
-    let key = tokio::task::spawn_blocking(move || {
-        BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .find_map(|line| {
-                line.strip_prefix("API key (admin, this run only): ")
-                    .map(str::to_owned)
-            })
-    })
-    .await
-    .unwrap()
-    .expect("dev prints an API key");
+    // Read stdout to its end in the background, as a terminal would.
+    let (found, key) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let mut found = Some(found);
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(key) = line.strip_prefix("API key (admin, this run only): ")
+                && let Some(found) = found.take()
+            {
+                let _ = found.send(key.to_owned());
+            }
+        }
+    });
+    let key = tokio::time::timeout(std::time::Duration::from_secs(30), key)
+        .await
+        .expect("dev prints an API key within 30 s")
+        .expect("dev prints an API key");
     handler.wait_for_probe().await;
     let http = reqwest::Client::new();
     let (status, body, _) = send(

@@ -7,3 +7,4 @@ mod api;
 mod host;
 mod layout;
 mod refresh;
+mod users;

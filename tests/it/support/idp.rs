@@ -40,6 +40,14 @@ impl Failure {
             retry_after: Some(retry_after),
         }
     }
+    pub fn invalid_grant(code: u32) -> Self {
+        Self {
+            status: 400,
+            error: "invalid_grant",
+            code,
+            retry_after: None,
+        }
+    }
     pub fn unavailable(retry_after: u64) -> Self {
         Self {
             status: 503,
@@ -262,6 +270,18 @@ async fn token(
         "client_credentials" => {
             if !scope.ends_with("/.default") {
                 return refuse(400, "invalid_scope", 1002012);
+            }
+        }
+        "urn:ietf:params:oauth:grant-type:jwt-bearer" => {
+            if form.get("requested_token_use").map(String::as_str) != Some("on_behalf_of") {
+                return refuse(400, "invalid_request", 50051);
+            }
+            let assertion = form
+                .get("assertion")
+                .map(String::as_str)
+                .unwrap_or_default();
+            if assertion.split('.').count() != 3 {
+                return refuse(400, "invalid_grant", 50013);
             }
         }
         "refresh_token" => {
