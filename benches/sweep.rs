@@ -11,6 +11,14 @@ mod idp;
 mod redis_server;
 
 use std::time::{Duration, Instant};
+
+/// Where the identity-provider double lists what it issued (the test suite checks
+/// its logs against that list; here it is only written).
+pub fn log_dir() -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-logs");
+    let _ = std::fs::create_dir_all(&dir);
+    dir
+}
 use token_broker::clock::unix_now;
 use token_broker::config::Config;
 use token_broker::{AppState, Issuer};

@@ -16,5 +16,10 @@ echo "test.sh: $(redis-server --version)"
 
 cargo fmt --check
 cargo clippy --all-targets --locked -- -D warnings
+# Every log of the run lands here; afterwards none may contain a token or secret.
+logs=target/tmp/test-logs
+rm -rf "$logs"
+mkdir -p "$logs"
 # Benchmarks are compiled by clippy above and run on demand (BENCHMARKS.md), not here.
-cargo test --lib --bins --tests --locked
+cargo test --lib --bins --tests --locked 2>&1 | tee "$logs/cargo-test.out"
+scripts/check-secrets.sh "$logs"

@@ -202,19 +202,54 @@ pub enum Outcome {
     Failed,
 }
 
+tokio::task_local! {
+    /// The id of the request being served: the host's invocation id, the caller's
+    /// `x-request-id`, or one made up at the edge. Audit events carry it.
+    pub static REQUEST_ID: String;
+}
+
+/// One audit event, as appended to the optional Redis stream.
+#[derive(Debug, Clone)]
+pub struct AuditRecord {
+    pub caller: String,
+    pub action: &'static str,
+    pub scope: String,
+    pub user: Option<String>,
+    pub outcome: Outcome,
+    pub token_fp: Option<String>,
+    pub request_id: Option<String>,
+}
+
 /// One structured event per token read, refresh, store and delete (SPEC §7).
 /// Carries the token's fingerprint, never the token.
-pub fn audit(caller: &str, action: &str, key: &TokenKey, outcome: Outcome, token: Option<&Secret>) {
+pub fn audit(
+    caller: &str,
+    action: &'static str,
+    key: &TokenKey,
+    outcome: Outcome,
+    token: Option<&Secret>,
+) -> AuditRecord {
+    let record = AuditRecord {
+        caller: caller.to_owned(),
+        action,
+        scope: key.scope().as_str().to_owned(),
+        user: key.user().map(|u| u.as_str().to_owned()),
+        outcome,
+        token_fp: token.map(Secret::fingerprint),
+        request_id: REQUEST_ID.try_with(Clone::clone).ok(),
+    };
     tracing::info!(
         target: "audit",
         caller,
         action,
-        scope = key.scope().as_str(),
-        user = key.user().map(|u| u.as_str()),
+        scope = record.scope,
+        user = record.user,
         outcome = ?outcome,
-        token_fp = token.map(Secret::fingerprint),
+        token_fp = record.token_fp,
+        request_id = record.request_id,
         "token {action}"
     );
+    record
 }
 
 #[cfg(test)]

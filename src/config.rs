@@ -71,6 +71,8 @@ struct RawVars {
     token_refresh_concurrency: Option<usize>,
     token_idle_secs: Option<u64>,
     token_refresh_backoff_secs: Option<u64>,
+    token_refresh_rate_per_min: Option<u32>,
+    token_audit_stream: Option<bool>,
     redis_host: Option<String>,
     redis_port: Option<u16>,
     redis_db: Option<i64>,
@@ -109,6 +111,10 @@ pub struct Config {
     pub idle_secs: u64,
     /// First retry delay after a failed token request; doubles per failure.
     pub backoff_base_secs: u64,
+    /// Forced refreshes allowed per API key and token per minute.
+    pub refresh_rate_per_min: u32,
+    /// Also append audit events to the capped stream `{ns}tokens:audit`.
+    pub audit_stream: bool,
     pub redis: RedisSettings,
     /// `REDIS_URL` when given; it overrides [`Config::redis`].
     pub redis_url: Option<Secret>,
@@ -212,6 +218,8 @@ impl Config {
             refresh_concurrency,
             idle_secs: raw.token_idle_secs.unwrap_or(86_400),
             backoff_base_secs: raw.token_refresh_backoff_secs.unwrap_or(5).max(1),
+            refresh_rate_per_min: raw.token_refresh_rate_per_min.unwrap_or(10),
+            audit_stream: raw.token_audit_stream.unwrap_or(false),
             redis: RedisSettings {
                 host: raw.redis_host.unwrap_or_else(|| "localhost".to_owned()),
                 port: raw.redis_port.unwrap_or(6379),
@@ -237,6 +245,24 @@ impl Config {
             self.authority_host.as_str().trim_end_matches('/'),
             self.tenant_id
         )
+    }
+
+    /// The Redis host when it is not on this machine (every connection is plain
+    /// TCP in this build), for the start-up warning.
+    pub fn redis_host_without_tls(&self) -> Option<String> {
+        let host = match &self.redis_url {
+            Some(url) => reqwest::Url::parse(url.expose())
+                .ok()?
+                .host_str()?
+                .to_owned(),
+            None => self.redis.host.clone(),
+        };
+        let loopback = host == "localhost"
+            || host
+                .trim_matches(['[', ']'])
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        (!loopback).then_some(host)
     }
 
     /// Whether the identity credentials the chosen flow needs are all present.

@@ -12,6 +12,12 @@ pub enum InputError {
     ScopeTooLong,
     #[error("the scope may contain only printable ASCII characters")]
     ScopeCharacters,
+    #[error(
+        "a scope is made of letters, digits and . _ - : / ~ @ = , with no '.' or '..' path segments"
+    )]
+    ScopeShape,
+    #[error("'{0}' is a reserved word in the path; ask for that scope with ?scope=")]
+    ReservedPath(&'static str),
     #[error("user_id must be 1 to {max} characters from A-Z a-z 0-9 . _ @ + -", max = UserId::MAX_LEN)]
     UserId,
     #[error("the {0} is not valid percent-encoding")]
@@ -32,9 +38,12 @@ impl InputError {
     /// The stable `error` title of the JSON body.
     pub fn title(&self) -> &'static str {
         match self {
-            Self::EmptyScope | Self::ScopeTooLong | Self::ScopeCharacters | Self::ScopeTwice => {
-                "Invalid scope"
-            }
+            Self::EmptyScope
+            | Self::ScopeTooLong
+            | Self::ScopeCharacters
+            | Self::ScopeShape
+            | Self::ScopeTwice
+            | Self::ReservedPath(_) => "Invalid scope",
             Self::UserId => "Invalid user_id",
             Self::Body(_) => "Invalid body",
             Self::MinValidity => "Invalid min_validity",
@@ -73,6 +82,9 @@ impl Scope {
         if folded.len() > Self::MAX_LEN {
             return Err(InputError::ScopeTooLong);
         }
+        if !folded.split(' ').all(scope_part_is_sound) {
+            return Err(InputError::ScopeShape);
+        }
         Ok(Self(folded))
     }
 
@@ -96,6 +108,22 @@ impl fmt::Display for Scope {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
+}
+
+/// Stricter than SPEC §8's printable ASCII, because every scope ends up in a Redis
+/// key, a log line and a request to the identity provider: Entra scopes are
+/// permission names (`User.Read`) and resource URIs (`https://host/.default`,
+/// `api://guid/.default`, ARM's `https://management.core.windows.net//.default`),
+/// never quotes, backslashes, `%`, `?`, `#`, or `.`/`..` path segments.
+fn scope_part_is_sound(part: &str) -> bool {
+    let charset = part
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"._-:/~@=,".contains(&b));
+    let path = part.split_once("://").map_or(part, |(_, rest)| rest);
+    charset
+        && !path
+            .split('/')
+            .any(|segment| segment == "." || segment == "..")
 }
 
 /// A user id as SPEC §8 allows it. No `:`, so `tokens:user:{user_id}:{scope}`
@@ -190,6 +218,32 @@ mod tests {
         assert_eq!(Scope::parse("a\u{7f}"), Err(InputError::ScopeCharacters));
         assert_eq!(Scope::parse("café"), Err(InputError::ScopeCharacters));
         assert_eq!(Scope::parse("a\tb"), Err(InputError::ScopeCharacters));
+        for hostile in [
+            "..",
+            "a/../b",
+            "./x",
+            "a\\b",
+            "a\"b",
+            "a%41",
+            "a?b",
+            "a#b",
+            "<x>",
+            "https://x/./y",
+        ] {
+            assert_eq!(
+                Scope::parse(hostile),
+                Err(InputError::ScopeShape),
+                "{hostile}"
+            );
+        }
+        for real in [
+            "https://graph.microsoft.com/.default",
+            "api://00000000-0000-0000-0000-000000000000/.default",
+            "https://management.core.windows.net//.default",
+            "User.Read offline_access openid",
+        ] {
+            assert!(Scope::parse(real).is_ok(), "{real}");
+        }
         assert_eq!(Scope::parse("a\nb"), Err(InputError::ScopeCharacters));
     }
 

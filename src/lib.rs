@@ -11,6 +11,7 @@ pub mod functions;
 pub mod identity;
 pub mod refresh;
 pub mod secret;
+pub mod server;
 pub mod store;
 
 use crate::callers::Callers;
@@ -33,6 +34,8 @@ pub struct Inner {
     pub refresher: Arc<Refresher>,
     /// Who may call, and what each caller may read.
     pub callers: Callers,
+    /// Forced refreshes allowed per API key and token per minute (0: unlimited).
+    pub refresh_rate_per_min: u32,
 }
 
 impl std::ops::Deref for AppState {
@@ -68,6 +71,7 @@ impl AppState {
             on_demand: config.on_demand,
             idle_secs: config.idle_secs,
             backoff_base: Duration::from_secs(config.backoff_base_secs),
+            audit_stream: config.audit_stream,
         };
         Ok(Self(Arc::new(Inner {
             refresher: Arc::new(Refresher::new(
@@ -77,6 +81,7 @@ impl AppState {
                 Sealer::new(config.encryption_key.as_ref().map(|k| &k.0)),
             )),
             callers: Callers::new(config.auth, &config.api_keys),
+            refresh_rate_per_min: config.refresh_rate_per_min,
         })))
     }
 }
@@ -88,9 +93,7 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, api::router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    server::serve(listener, api::router(state), shutdown).await
 }
 
 /// Runs a sweep at once (acquiring the warm scopes), then every `interval` when

@@ -231,6 +231,11 @@ async fn run(mode: Mode) -> Result<(), String> {
     if config.auth == AuthMode::None {
         tracing::warn!("TOKEN_API_AUTH=none: every caller on the network can read every token");
     }
+    if config.store == StoreKind::Redis
+        && let Some(host) = config.redis_host_without_tls()
+    {
+        tracing::warn!(%host, "Redis is reached without TLS on a non-loopback host: tokens cross the network in the clear");
+    }
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;

@@ -112,6 +112,17 @@ impl ApiError {
         )
     }
 
+    pub fn too_many_refreshes(key: &TokenKey, per_minute: u32, retry_after: u64) -> Self {
+        let mut error = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many refreshes",
+            format!("This API key may force at most {per_minute} refreshes of this token per minute (TOKEN_REFRESH_RATE_PER_MIN); reads are never limited"),
+        )
+        .about(key);
+        error.retry_after = Some(retry_after);
+        error
+    }
+
     pub fn store_unavailable() -> Self {
         let mut error = Self::new(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -71,8 +71,25 @@ pub fn scope_from_path(rest: &str) -> Result<Scope, InputError> {
         return Err(InputError::ScopeTooLong);
     }
     let decoded = decode(rest, "scope in the path")?;
+    // Routes own these words; a scope spelled like them is asked for with ?scope=.
+    for reserved in ["health", "refresh", "openapi.json", "metrics"] {
+        if decoded == reserved || decoded.starts_with(&format!("{reserved}/")) {
+            return Err(InputError::ReservedPath(reserved));
+        }
+    }
     let parts: Vec<Cow<'_, str>> = decoded.split(' ').map(unfold_scheme).collect();
     Scope::parse(&parts.join(" "))
+}
+
+/// The scope from the path and the query parameters, for the routes whose scope
+/// is in the path: a second scope in the query is refused, not ignored.
+pub fn path_request(rest: &str, query: Option<&str>) -> Result<(Scope, TokenQuery), InputError> {
+    let scope = scope_from_path(rest)?;
+    let query = parse_query(query)?;
+    if query.scope.is_some() {
+        return Err(InputError::ScopeTwice);
+    }
+    Ok((scope, query))
 }
 
 /// Percent-decodes strictly: a `%` not followed by two hex digits is an error, as
@@ -235,7 +252,15 @@ mod tests {
                 "{form}"
             );
         }
-        assert_eq!(scope_from_path("a%2Bb").unwrap().as_str(), "a+b");
+        assert_eq!(scope_from_path("a%2Bb"), Err(InputError::ScopeShape));
+        assert_eq!(
+            scope_from_path("refresh"),
+            Err(InputError::ReservedPath("refresh"))
+        );
+        assert_eq!(
+            scope_from_path("health"),
+            Err(InputError::ReservedPath("health"))
+        );
         assert_eq!(
             scope_from_path("api:/my-app/.default+offline_access")
                 .unwrap()
@@ -334,5 +359,92 @@ mod tests {
             Err(InputError::MinValidity)
         );
         assert_eq!(parse_query(None), Ok(TokenQuery::default()));
+    }
+
+    mod properties {
+        //! Property tests of the edge parsing: bounded (a fixed number of cases),
+        //! so they run in CI on every build.
+        use super::super::*;
+        use proptest::prelude::*;
+
+        /// Percent-encodes every byte outside RFC 3986's unreserved set.
+        fn encode(s: &str) -> String {
+            s.bytes()
+                .map(|b| match b {
+                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                        (b as char).to_string()
+                    }
+                    _ => format!("%{b:02X}"),
+                })
+                .collect()
+        }
+
+        /// Scopes as Entra has them: permission names and resource URIs.
+        fn scope() -> impl Strategy<Value = String> {
+            let name = "[A-Za-z][A-Za-z0-9._-]{0,30}";
+            let uri = "(https|api)://[a-z0-9-]{1,20}(\\.[a-z]{2,5}){0,2}/\\.default";
+            prop::collection::vec(prop_oneof![name, uri], 1..4).prop_map(|parts| parts.join(" "))
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 1500, ..ProptestConfig::default() })]
+
+            #[test]
+            fn arbitrary_text_never_panics(input in "\\PC{0,2000}") {
+                let _ = scope_from_path(&input);
+                let _ = parse_query(Some(&input));
+                let _ = path_request(&input, Some(&input));
+                let _ = parse_grant(input.as_bytes());
+            }
+
+            #[test]
+            fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..600)) {
+                let text = String::from_utf8_lossy(&bytes);
+                let _ = scope_from_path(&text);
+                let _ = parse_query(Some(&text));
+                let _ = parse_grant(&bytes);
+            }
+
+            #[test]
+            fn every_form_of_a_scope_means_the_same_scope(scope in scope()) {
+                let expected = Scope::parse(&scope).unwrap();
+                let forms = [
+                    encode(&scope),
+                    encode(&scope).replace("%3A", "%3a").replace("%2F", "%2f"),
+                    scope.replace(' ', "+"),
+                    scope.replace(' ', "%20"),
+                    scope.replace("://", ":/").replace(' ', "+"),
+                ];
+                for form in forms {
+                    prop_assert_eq!(scope_from_path(&form), Ok(expected.clone()), "{}", form);
+                }
+                let query = parse_query(Some(&format!("scope={}", encode(&scope)))).unwrap();
+                prop_assert_eq!(query.scope, Some(expected));
+            }
+
+            #[test]
+            fn valid_user_ids_round_trip(user in "[A-Za-z0-9._@+-]{1,256}") {
+                let query = parse_query(Some(&format!("user_id={}", encode(&user)))).unwrap();
+                prop_assert_eq!(query.user.map(|u| u.as_str().to_owned()), Some(user));
+            }
+
+            #[test]
+            fn user_ids_with_any_other_character_are_refused(
+                before in "[a-z]{0,5}",
+                bad in "[^A-Za-z0-9._@+-]",
+                after in "[a-z]{0,5}",
+            ) {
+                let user = format!("{before}{bad}{after}");
+                let query = format!("user_id={}", encode(&user));
+                prop_assert!(parse_query(Some(&query)).is_err());
+            }
+
+            #[test]
+            fn overlong_scopes_are_refused(len in 1025usize..6000) {
+                prop_assert!(scope_from_path(&"a".repeat(len)).is_err());
+                let query = format!("scope={}", "a".repeat(len));
+                prop_assert!(parse_query(Some(&query)).is_err());
+            }
+        }
     }
 }

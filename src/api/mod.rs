@@ -6,7 +6,7 @@ mod input;
 mod tokens;
 
 pub use self::error::ApiError;
-pub use self::input::{TokenQuery, parse_grant, parse_query, scope_from_path};
+pub use self::input::{TokenQuery, parse_grant, parse_query, path_request, scope_from_path};
 
 use crate::AppState;
 use crate::callers::Caller;
@@ -25,6 +25,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/tokens", get(tokens::list_or_get))
         .route("/api/tokens/", get(tokens::list_or_get))
         .route("/api/tokens/health", get(tokens::health))
+        .route("/api/tokens/openapi.json", get(openapi))
         .route("/api/tokens/refresh/{*scope}", post(tokens::refresh))
         .route(
             "/api/tokens/{*scope}",
@@ -36,13 +37,83 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::no_route() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn(edge))
         .with_state(state)
+}
+
+/// The most header bytes a request may carry; hyper refuses far larger ones itself
+/// (without a JSON body), this answers the rest with one.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// Every request: header size limit, a request id (the host's invocation id, the
+/// caller's `x-request-id`, or a new one) in a span, in audit events and in the
+/// answer's `x-request-id`.
+async fn edge(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    use tracing::Instrument;
+    let header_bytes: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    if header_bytes > MAX_HEADER_BYTES {
+        return ApiError::new(
+            axum::http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "Headers too large",
+            format!("Request headers must be under {MAX_HEADER_BYTES} bytes in all"),
+        )
+        .into_response();
+    }
+    let id = request_id(request.headers());
+    let path = request.uri().path();
+    let span = tracing::info_span!(
+        "request",
+        request_id = %id,
+        method = %request.method(),
+        // Bounded: a hostile path can be 100 KB.
+        path = %&path[..path.floor_char_boundary(200)],
+    );
+    let mut response = crate::callers::REQUEST_ID
+        .scope(id.clone(), next.run(request).instrument(span))
+        .await;
+    if let Ok(value) = axum::http::HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
+}
+
+fn request_id(headers: &HeaderMap) -> String {
+    let usable = |v: &&str| {
+        (1..=128).contains(&v.len())
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+    };
+    ["x-azure-functions-invocationid", "x-request-id"]
+        .iter()
+        .find_map(|name| {
+            headers
+                .get(*name)
+                .and_then(|v| v.to_str().ok())
+                .filter(usable)
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| format!("{:016x}", rand::random::<u64>()))
 }
 
 /// The Functions host polls `GET /` every 25 ms until it answers; answer at once
 /// and touch nothing (Redis and the identity provider may still be far away).
 async fn probe() -> axum::Json<serde_json::Value> {
     axum::Json(serde_json::json!({"status": "ok"}))
+}
+
+/// The OpenAPI 3 description of this API (a test keeps it in sync with the routes).
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+async fn openapi() -> impl axum::response::IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
 }
 
 /// The authenticated caller of a token route. Rejects with `401` before any input

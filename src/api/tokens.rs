@@ -1,11 +1,11 @@
 //! The token routes.
 
-use super::input::{parse_grant, parse_query, scope_from_path};
+use super::input::{parse_grant, parse_query, path_request};
 use super::{ApiError, Authed};
 use crate::AppState;
-use crate::callers::{Caller, Outcome, audit};
+use crate::callers::{Caller, Outcome};
 use crate::clock::unix_now;
-use crate::domain::{InputError, TokenKey, UserId};
+use crate::domain::{TokenKey, UserId};
 use crate::store::{RefreshStatus, TokenRecord};
 use axum::Json;
 use axum::body::Bytes;
@@ -26,11 +26,7 @@ pub async fn get_token(
     Authed(caller): Authed,
     uri: Uri,
 ) -> Result<Response, ApiError> {
-    let scope = scope_from_path(path_rest(&uri, "/api/tokens/"))?;
-    let query = parse_query(uri.query())?;
-    if query.scope.is_some() {
-        return Err(InputError::ScopeTwice.into());
-    }
+    let (scope, query) = path_request(path_rest(&uri, "/api/tokens/"), uri.query())?;
     serve(
         &app,
         &caller,
@@ -68,7 +64,9 @@ async fn serve(
     min_validity: Option<u64>,
 ) -> Result<Response, ApiError> {
     if !caller.may_read(&key) {
-        audit(&caller.name, "read", &key, Outcome::Denied, None);
+        app.refresher
+            .audit(&caller.name, "read", &key, Outcome::Denied, None)
+            .await;
         return Err(ApiError::forbidden(&key));
     }
     // A caller may ask for more validity than the service minimum, never for less.
@@ -77,15 +75,21 @@ async fn serve(
     let record = match app.refresher.ensure(&key, min_validity).await {
         Ok(Some(record)) if record.seconds_left(unix_now()) >= min_validity as i64 => record,
         Ok(_) => {
-            audit(&caller.name, "read", &key, Outcome::NotFound, None);
+            app.refresher
+                .audit(&caller.name, "read", &key, Outcome::NotFound, None)
+                .await;
             return Err(ApiError::token_not_found(&key).with("min_validity", min_validity));
         }
         Err(error) => {
-            audit(&caller.name, "read", &key, Outcome::Failed, None);
+            app.refresher
+                .audit(&caller.name, "read", &key, Outcome::Failed, None)
+                .await;
             return Err(ApiError::refresh(&error, &key));
         }
     };
-    audit(&caller.name, "read", &key, Outcome::Ok, Some(&record.token));
+    app.refresher
+        .audit(&caller.name, "read", &key, Outcome::Ok, Some(&record.token))
+        .await;
     app.refresher.note_read(&key);
     let mut body = json!({
         "token": record.token.expose(),
@@ -190,23 +194,47 @@ pub async fn refresh(
     Authed(caller): Authed,
     uri: Uri,
 ) -> Result<Response, ApiError> {
-    let scope = scope_from_path(path_rest(&uri, "/api/tokens/refresh/"))
+    let (scope, query) = path_request(path_rest(&uri, "/api/tokens/refresh/"), uri.query())
         .map_err(|e| ApiError::from(e).refresh_failed())?;
-    let query = parse_query(uri.query()).map_err(|e| ApiError::from(e).refresh_failed())?;
     let key = TokenKey::new(scope, query.user);
     if !caller.may_read(&key) {
-        audit(&caller.name, "refresh", &key, Outcome::Denied, None);
+        app.refresher
+            .audit(&caller.name, "refresh", &key, Outcome::Denied, None)
+            .await;
         return Err(ApiError::forbidden(&key).refresh_failed());
+    }
+    let limit = app.refresh_rate_per_min;
+    if limit > 0 {
+        match app
+            .refresher
+            .store()
+            .count_refresh(&caller.name, &key, 60)
+            .await
+        {
+            Ok((count, retry_after)) if count > u64::from(limit) => {
+                app.refresher
+                    .audit(&caller.name, "refresh", &key, Outcome::Denied, None)
+                    .await;
+                return Err(ApiError::too_many_refreshes(&key, limit, retry_after).refresh_failed());
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::error!(%error, "token store failed");
+                return Err(ApiError::store_unavailable().refresh_failed());
+            }
+        }
     }
     match app.refresher.force(&key).await {
         Ok(Some(record)) => {
-            audit(
-                &caller.name,
-                "refresh",
-                &key,
-                Outcome::Ok,
-                Some(&record.token),
-            );
+            app.refresher
+                .audit(
+                    &caller.name,
+                    "refresh",
+                    &key,
+                    Outcome::Ok,
+                    Some(&record.token),
+                )
+                .await;
             Ok(Json(json!({
                 "status": "success",
                 "message": format!("Token refreshed for scope: {}", key.scope()),
@@ -217,7 +245,9 @@ pub async fn refresh(
             .into_response())
         }
         Ok(None) => {
-            audit(&caller.name, "refresh", &key, Outcome::NotFound, None);
+            app.refresher
+                .audit(&caller.name, "refresh", &key, Outcome::NotFound, None)
+                .await;
             let message = match key.user() {
                 Some(_) => "No refresh grant is stored for this user and scope",
                 None => {
@@ -229,7 +259,9 @@ pub async fn refresh(
                 .refresh_failed())
         }
         Err(error) => {
-            audit(&caller.name, "refresh", &key, Outcome::Failed, None);
+            app.refresher
+                .audit(&caller.name, "refresh", &key, Outcome::Failed, None)
+                .await;
             Err(ApiError::refresh(&error, &key).refresh_failed())
         }
     }
@@ -241,24 +273,31 @@ pub async fn delete_token(
     Authed(caller): Authed,
     uri: Uri,
 ) -> Result<Response, ApiError> {
-    let scope = scope_from_path(path_rest(&uri, "/api/tokens/"))?;
-    let query = parse_query(uri.query())?;
+    let (scope, query) = path_request(path_rest(&uri, "/api/tokens/"), uri.query())?;
     let key = TokenKey::new(scope, query.user);
     if !caller.admin {
-        audit(&caller.name, "delete", &key, Outcome::Denied, None);
+        app.refresher
+            .audit(&caller.name, "delete", &key, Outcome::Denied, None)
+            .await;
         return Err(ApiError::admin_only());
     }
     match app.refresher.store().delete(&key).await {
         Ok(true) => {
-            audit(&caller.name, "delete", &key, Outcome::Ok, None);
+            app.refresher
+                .audit(&caller.name, "delete", &key, Outcome::Ok, None)
+                .await;
             Ok(StatusCode::NO_CONTENT.into_response())
         }
         Ok(false) => {
-            audit(&caller.name, "delete", &key, Outcome::NotFound, None);
+            app.refresher
+                .audit(&caller.name, "delete", &key, Outcome::NotFound, None)
+                .await;
             Err(ApiError::token_not_found(&key))
         }
         Err(error) => {
-            audit(&caller.name, "delete", &key, Outcome::Failed, None);
+            app.refresher
+                .audit(&caller.name, "delete", &key, Outcome::Failed, None)
+                .await;
             tracing::error!(%error, "token store failed");
             Err(ApiError::store_unavailable())
         }
@@ -272,8 +311,7 @@ pub async fn put_token(
     uri: Uri,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let scope = scope_from_path(path_rest(&uri, "/api/tokens/"))?;
-    let query = parse_query(uri.query())?;
+    let (scope, query) = path_request(path_rest(&uri, "/api/tokens/"), uri.query())?;
     let Some(user) = query.user else {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -283,7 +321,9 @@ pub async fn put_token(
     };
     let key = TokenKey::User(user, scope);
     if !caller.admin {
-        audit(&caller.name, "store", &key, Outcome::Denied, None);
+        app.refresher
+            .audit(&caller.name, "store", &key, Outcome::Denied, None)
+            .await;
         return Err(ApiError::admin_only());
     }
     let body = body.map_err(|_| {
@@ -296,13 +336,15 @@ pub async fn put_token(
     let grant = parse_grant(&body)?;
     match app.refresher.store_user_grant(&key, grant).await {
         Ok(record) => {
-            audit(
-                &caller.name,
-                "store",
-                &key,
-                Outcome::Ok,
-                Some(&record.token),
-            );
+            app.refresher
+                .audit(
+                    &caller.name,
+                    "store",
+                    &key,
+                    Outcome::Ok,
+                    Some(&record.token),
+                )
+                .await;
             let store = app.refresher.store();
             let has_refresh_token = store.get_secret(&key).await.ok().flatten().is_some();
             let mut body = list_entry(&store.keys().token(&key), &record, None);
@@ -311,7 +353,9 @@ pub async fn put_token(
             Ok((StatusCode::CREATED, Json(body)).into_response())
         }
         Err(error) => {
-            audit(&caller.name, "store", &key, Outcome::Failed, None);
+            app.refresher
+                .audit(&caller.name, "store", &key, Outcome::Failed, None)
+                .await;
             Err(ApiError::refresh(&error, &key))
         }
     }

@@ -3,7 +3,7 @@
 //! and removing them when the identity provider revokes them.
 
 use super::{LEASE_TTL, LEASE_WAIT, RefreshError, Refresher};
-use crate::callers::{Outcome, audit};
+use crate::callers::Outcome;
 use crate::clock::{unix_now, unix_now_ms};
 use crate::domain::TokenKey;
 use crate::identity::{Acquired, IdpError};
@@ -108,7 +108,8 @@ impl Refresher {
     ) -> Result<(), RefreshError> {
         self.store.delete(key).await?;
         tracing::warn!(%error, scope = %key.scope(), user = ?key.user(), "user grant rejected; token and refresh token removed");
-        audit("refresher", "revoke", key, Outcome::Ok, None);
+        self.audit("refresher", "revoke", key, Outcome::Ok, None)
+            .await;
         Ok(())
     }
 

@@ -14,6 +14,7 @@ pub use self::schedule::{backoff, due_at};
 pub use self::sweep::SweepSummary;
 
 use self::grants::{Acquisition, Grant};
+use crate::callers::Outcome;
 use crate::clock::{unix_now, unix_now_ms};
 use crate::domain::{Scope, TokenKey};
 use crate::identity::{Acquired, Identity, IdpError};
@@ -69,6 +70,8 @@ pub struct RefreshSettings {
     pub idle_secs: u64,
     /// First retry delay after a failure; doubles per failure up to [`MAX_BACKOFF`].
     pub backoff_base: Duration,
+    /// Append audit events to the capped Redis stream `{ns}tokens:audit` too.
+    pub audit_stream: bool,
 }
 
 /// The longest pause between attempts for one key.
@@ -138,6 +141,24 @@ impl Refresher {
     /// metrics, and for tests that must know every caller has arrived.
     pub fn flight_waiters(&self, key: &TokenKey) -> usize {
         self.flights.waiters(key)
+    }
+
+    /// Emits the audit event (SPEC §7) and, with `TOKEN_AUDIT_STREAM=true`, appends
+    /// it to the capped stream `{ns}tokens:audit`.
+    pub async fn audit(
+        &self,
+        caller: &str,
+        action: &'static str,
+        key: &TokenKey,
+        outcome: Outcome,
+        token: Option<&Secret>,
+    ) {
+        let record = crate::callers::audit(caller, action, key, outcome, token);
+        if self.settings.audit_stream
+            && let Err(error) = self.store.append_audit(&record).await
+        {
+            tracing::warn!(%error, "could not append to the audit stream");
+        }
     }
 
     /// Stored refresh tokens this instance could not decrypt since it started.

@@ -3,7 +3,7 @@
 //! schedule, one MGET of the due keys, then the refreshes themselves.
 
 use super::{Landed, RefreshError, Refresher, replaces};
-use crate::callers::{Outcome, audit};
+use crate::callers::Outcome;
 use crate::clock::unix_now;
 use crate::domain::TokenKey;
 use crate::store::StoreError;
@@ -164,7 +164,7 @@ impl Refresher {
                     Ok(Landed { record, .. }) => (Outcome::Ok, Some(&record.token)),
                     Err(_) => (Outcome::Failed, None),
                 };
-                audit("sweep", "refresh", &key, outcome, token);
+                self.audit("sweep", "refresh", &key, outcome, token).await;
                 match result {
                     Ok(Landed { requested: true, .. }) => Swept::Refreshed,
                     Ok(Landed { requested: false, .. }) => Swept::Shared,

@@ -53,6 +53,20 @@ impl Keys {
         format!("{}tokens:status:{}", self.ns, self.token_suffix(key))
     }
 
+    /// The capped audit stream (`TOKEN_AUDIT_STREAM=true`).
+    pub fn audit(&self) -> String {
+        format!("{}tokens:audit", self.ns)
+    }
+
+    /// Forced refreshes by one API key of one token in the current minute.
+    pub fn refresh_quota(&self, caller: &str, key: &TokenKey) -> String {
+        format!(
+            "{}tokens:quota:{caller}:{}",
+            self.ns,
+            self.token_suffix(key)
+        )
+    }
+
     /// Where the incremental prune of the active set resumes.
     pub fn prune_cursor(&self) -> String {
         format!("{}tokens:prune-cursor", self.ns)

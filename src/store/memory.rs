@@ -25,6 +25,7 @@ struct State {
     statuses: HashMap<TokenKey, RefreshStatus>,
     reads: HashMap<TokenKey, i64>,
     leases: HashMap<TokenKey, (String, Instant)>,
+    quotas: HashMap<(String, TokenKey), (u64, Instant)>,
 }
 
 impl MemoryStore {
@@ -130,6 +131,25 @@ impl MemoryStore {
 
     pub fn put_secret(&self, key: &TokenKey, secret: &Secret) {
         self.lock().secrets.insert(key.clone(), secret.clone());
+    }
+
+    pub fn count_refresh(&self, caller: &str, key: &TokenKey, window_secs: u64) -> (u64, u64) {
+        let mut state = self.lock();
+        let now = Instant::now();
+        let window = Duration::from_secs(window_secs);
+        let entry = state
+            .quotas
+            .entry((caller.to_owned(), key.clone()))
+            .or_insert((0, now));
+        if now.duration_since(entry.1) >= window {
+            *entry = (0, now);
+        }
+        entry.0 += 1;
+        let left = window
+            .saturating_sub(now.duration_since(entry.1))
+            .as_secs()
+            .max(1);
+        (entry.0, left)
     }
 
     pub fn delete_secret(&self, key: &TokenKey) {

@@ -11,6 +11,7 @@ pub use self::memory::MemoryStore;
 pub use self::redis::RedisStore;
 pub use self::seal::{Sealer, Unsealable};
 
+use crate::callers::AuditRecord;
 use crate::domain::TokenKey;
 use crate::secret::{Secret, serialize_exposed};
 use serde::{Deserialize, Serialize};
@@ -195,6 +196,22 @@ impl Store {
 
     pub async fn delete_secret(&self, key: &TokenKey) -> Result<(), StoreError> {
         each!(self, s => s.delete_secret(key).await, s.delete_secret(key))
+    }
+
+    /// Appends an audit event to the capped stream `{ns}tokens:audit`.
+    pub async fn append_audit(&self, record: &AuditRecord) -> Result<(), StoreError> {
+        each!(self, s => s.append_audit(record).await, ())
+    }
+
+    /// Counts one forced refresh of `key` by `caller` in the current window of
+    /// `window_secs`; returns the count so far and the seconds until the window ends.
+    pub async fn count_refresh(
+        &self,
+        caller: &str,
+        key: &TokenKey,
+        window_secs: u64,
+    ) -> Result<(u64, u64), StoreError> {
+        each!(self, s => s.count_refresh(caller, key, window_secs).await, s.count_refresh(caller, key, window_secs))
     }
 
     /// Whether the backing store answers. The memory store always does.

@@ -1,6 +1,7 @@
 //! The Redis store, in the exact layout of SPEC §4.
 
 use super::{Keys, Listing, PutOutcome, RefreshStatus, SECRET_TTL_SECS, StoreError, TokenRecord};
+use crate::callers::AuditRecord;
 use crate::clock::unix_now;
 use crate::config::{Config, ConfigError};
 use crate::domain::TokenKey;
@@ -68,6 +69,8 @@ pub struct RedisStore {
     round_trips: AtomicU64,
 }
 
+/// Entries kept in the audit stream.
+const AUDIT_STREAM_LEN: u64 = 100_000;
 /// How long one Redis command may take before the request it serves gives up.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -555,6 +558,58 @@ impl RedisStore {
         })
         .await?;
         Ok(())
+    }
+
+    pub async fn append_audit(&self, record: &AuditRecord) -> Result<(), StoreError> {
+        let mut fields = vec![
+            ("caller", record.caller.clone()),
+            ("action", record.action.to_owned()),
+            ("scope", record.scope.clone()),
+            ("outcome", format!("{:?}", record.outcome)),
+            ("time", unix_now().to_string()),
+        ];
+        fields.extend(record.user.clone().map(|u| ("user", u)));
+        fields.extend(record.token_fp.clone().map(|f| ("token_fp", f)));
+        fields.extend(record.request_id.clone().map(|r| ("request_id", r)));
+        let stream = self.keys.audit();
+        self.run(|mut c| {
+            let mut cmd = redis::cmd("XADD");
+            // Capped (approximately, which is cheap) so the stream cannot grow forever.
+            cmd.arg(&stream)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(AUDIT_STREAM_LEN)
+                .arg("*");
+            for (name, value) in &fields {
+                cmd.arg(*name).arg(value);
+            }
+            async move { cmd.query_async::<String>(&mut c).await }
+        })
+        .await?;
+        Ok(())
+    }
+
+    pub async fn count_refresh(
+        &self,
+        caller: &str,
+        key: &TokenKey,
+        window_secs: u64,
+    ) -> Result<(u64, u64), StoreError> {
+        let quota = self.keys.refresh_quota(caller, key);
+        let (count, ttl): (u64, i64) = self
+            .run(|mut c| {
+                let mut pipe = redis::pipe();
+                pipe.incr(&quota, 1)
+                    .cmd("EXPIRE")
+                    .arg(&quota)
+                    .arg(window_secs)
+                    .arg("NX")
+                    .ignore()
+                    .ttl(&quota);
+                async move { pipe.query_async(&mut c).await }
+            })
+            .await?;
+        Ok((count, ttl.max(1) as u64))
     }
 
     pub async fn delete_secret(&self, key: &TokenKey) -> Result<(), StoreError> {

@@ -624,7 +624,8 @@ async fn min_validity_above_what_is_stored_gets_a_fresh_token() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn delete_removes_the_token_its_secret_and_its_index_entry() {
-    let app = TestApp::spawn().await;
+    // Unlimited forced refreshes: no quota counter among the keys.
+    let app = TestApp::spawn_with(&[("TOKEN_REFRESH_RATE_PER_MIN", "0")]).await;
     let path = format!("/api/tokens/{GRAPH_ENCODED}");
     app.post(
         &format!("/api/tokens/refresh/{GRAPH_ENCODED}"),

@@ -127,8 +127,7 @@ async fn as_a_custom_handler_it_serves_forwarded_requests_and_timer_invocations(
 
     let exit = handler.terminate();
     assert!(exit.success(), "graceful shutdown on SIGTERM: {exit}");
-    let mut logs = String::new();
-    std::io::Read::read_to_string(&mut handler.child.stderr.take().unwrap(), &mut logs).unwrap();
+    let logs = handler.logs();
     assert!(logs.contains("audit"), "token reads are audited: {logs}");
     let mut secrets = idp.issued();
     assert!(secrets.len() >= 3);
@@ -265,15 +264,9 @@ async fn a_bad_setting_stops_the_program_with_one_line_naming_it() {
         ("AGENT_TOKEN_FLOW", "magic"),
     ] {
         let env = vec![(var.to_owned(), value.to_owned())];
-        let mut handler = Handler::start(&["serve", "--port", &free_port().to_string()], &env, 0);
-        let output = std::mem::replace(
-            &mut handler.child,
-            std::process::Command::new("true").spawn().unwrap(),
-        )
-        .wait_with_output()
-        .unwrap();
-        assert!(!output.status.success());
-        let stderr = String::from_utf8_lossy(&output.stderr);
+        let handler = Handler::start(&["serve", "--port", &free_port().to_string()], &env, 0);
+        let (status, _, stderr) = handler.finish();
+        assert!(!status.success());
         assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
         assert!(stderr.contains(var), "{stderr}");
     }
@@ -377,22 +370,10 @@ async fn sweep_mode_prints_its_summary_and_fails_without_redis() {
     let mut redis = RedisServer::start();
     let idp = Idp::start().await;
     let env = handler_env(&redis, &idp, &Keys::new());
-    let run = |env: &[(String, String)]| {
-        let mut handler = Handler::start(&["sweep"], env, 0);
-        std::mem::replace(
-            &mut handler.child,
-            std::process::Command::new("true").spawn().unwrap(),
-        )
-        .wait_with_output()
-        .unwrap()
-    };
-    let output = run(&env);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let summary: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let run = |env: &[(String, String)]| Handler::start(&["sweep"], env, 0).finish();
+    let (status, stdout, logs) = run(&env);
+    assert!(status.success(), "{logs}");
+    let summary: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(
         (summary["due"].as_u64(), summary["refreshed"].as_u64()),
         (Some(1), Some(1)),
@@ -406,7 +387,7 @@ async fn sweep_mode_prints_its_summary_and_fails_without_redis() {
     );
 
     redis.stop();
-    let output = run(&env);
-    assert!(!output.status.success());
-    assert!(String::from_utf8_lossy(&output.stderr).contains("sweep could not run"));
+    let (status, _, logs) = run(&env);
+    assert!(!status.success());
+    assert!(logs.contains("sweep could not run"), "{logs}");
 }

@@ -4,6 +4,7 @@
 mod support;
 
 mod api;
+mod hardening;
 mod host;
 mod layout;
 mod refresh;

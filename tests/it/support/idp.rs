@@ -188,6 +188,20 @@ impl Idp {
     }
 }
 
+/// Appends an issued token to this run's list, which `scripts/test.sh` greps every
+/// log for afterwards.
+fn record_issued(token: &str) {
+    use std::io::Write;
+    let path = super::log_dir().join(format!("issued-{}.txt", std::process::id()));
+    if let Ok(mut file) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = writeln!(file, "{token}");
+    }
+}
+
 fn entra_error(failure: &Failure) -> Response {
     let body = json!({
         "error": failure.error,
@@ -317,11 +331,13 @@ async fn token(
         body["refresh_in"] = json!(refresh_in);
     }
     let mut inner = state.inner.lock().unwrap();
+    record_issued(&access_token);
     inner.issued.push(access_token);
     // Delegated grants return a refresh token when offline_access was asked for.
     if offline && grant != "client_credentials" {
         let refresh_token = format!("rt-{serial}-{}", b64(&rand::random::<[u8; 24]>()));
         inner.refresh_tokens.insert(refresh_token.clone());
+        record_issued(&refresh_token);
         inner.issued.push(refresh_token.clone());
         body["refresh_token"] = json!(refresh_token);
     }

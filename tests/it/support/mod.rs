@@ -18,6 +18,30 @@ use token_broker::config::Config;
 use token_broker::{AppState, Issuer};
 
 pub const GRAPH: &str = "https://graph.microsoft.com/.default";
+
+/// Where every log of a test run goes (the service's, in-process and spawned, and
+/// the identity provider's list of what it issued), so `scripts/test.sh` can check
+/// that no token or secret reached any of them.
+pub fn log_dir() -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("test-logs");
+    std::fs::create_dir_all(&dir).expect("a folder for test logs");
+    dir
+}
+
+/// The in-process service logs (audit events included) to a file of this run.
+fn init_logging() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let path = log_dir().join(format!("it-{}.log", std::process::id()));
+        if let Ok(file) = std::fs::File::create(path) {
+            let _ = tracing_subscriber::fmt()
+                .with_writer(std::sync::Mutex::new(file))
+                .with_ansi(false)
+                .with_max_level(tracing::Level::DEBUG)
+                .try_init();
+        }
+    });
+}
 pub const GRAPH_ENCODED: &str = "https%3A%2F%2Fgraph.microsoft.com%2F.default";
 
 /// API keys of a test app: the key strings and the `TOKEN_API_KEYS` JSON.
@@ -71,6 +95,7 @@ impl TestApp {
 
     /// `extra` variables override the defaults (password flow, Graph warm scope).
     pub async fn spawn_with(extra: &[(&str, &str)]) -> Self {
+        init_logging();
         let redis = RedisServer::start();
         let idp = Idp::start().await;
         let keys = Keys::new();
@@ -172,14 +197,22 @@ pub async fn send(
 }
 
 /// The `handler` binary, started like the Functions host starts it; killed on drop.
+/// Its stderr (the logs) goes to a file under [`log_dir`], read with [`Handler::logs`].
 pub struct Handler {
     pub child: Child,
     pub port: u16,
+    pub log: std::path::PathBuf,
 }
 
 impl Handler {
     /// Starts `handler` with `args` and exactly the variables in `env` (plus PATH).
     pub fn start(args: &[&str], env: &[(String, String)], port: u16) -> Self {
+        let log = log_dir().join(format!(
+            "handler-{}-{:08x}.log",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        let stderr = std::fs::File::create(&log).expect("a log file");
         let child = Command::new(env!("CARGO_BIN_EXE_handler"))
             .args(args)
             .env_clear()
@@ -188,10 +221,37 @@ impl Handler {
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stderr(stderr)
             .spawn()
             .expect("start the handler binary");
-        Self { child, port }
+        Self { child, port, log }
+    }
+
+    /// Waits for a run-once command to exit: its status, stdout and logs.
+    pub fn finish(mut self) -> (std::process::ExitStatus, String, String) {
+        let mut stdout = String::new();
+        if let Some(mut out) = self.child.stdout.take() {
+            let _ = std::io::Read::read_to_string(&mut out, &mut stdout);
+        }
+        let status = self.child.wait().expect("the handler exits");
+        (status, stdout, self.logs())
+    }
+
+    /// Everything the handler logged so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits (at most 30 s) until the logs contain `needle`.
+    pub async fn wait_for_log(&self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.logs().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "the handler never logged {needle:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Fails when any token or refresh token the identity-provider double issued during
+# the test run, or any of its fixed credentials, appears in any log of that run:
+# the service's logs (in-process and spawned) and the test runner's own output.
+set -euo pipefail
+dir=${1:-target/tmp/test-logs}
+patterns=$(mktemp)
+trap 'rm -f "$patterns"' EXIT
+cat "$dir"/issued-*.txt > "$patterns" 2>/dev/null || true
+issued=$(wc -l < "$patterns")
+if [ "$issued" -lt 10 ]; then
+    echo "check-secrets: only $issued issued tokens recorded in $dir; did the tests run?"
+    exit 1
+fi
+printf '%s\n' client-secret-value-for-tests agent-password-for-tests >> "$patterns"
+if grep -rlF -f "$patterns" --exclude='issued-*.txt' "$dir"; then
+    echo "check-secrets: a token or secret reached the log files listed above"
+    exit 1
+fi
+files=$(find "$dir" -type f ! -name 'issued-*.txt' | wc -l)
+echo "check-secrets: $issued issued tokens and 2 credentials searched for in $files log files: none found"
