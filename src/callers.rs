@@ -7,6 +7,7 @@ use crate::secret::Secret;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
 /// One entry of `TOKEN_API_KEYS`, as operators write it.
@@ -120,8 +121,9 @@ pub enum AuthError {
 /// The configured callers.
 pub struct Callers {
     mode: AuthMode,
-    keys: Vec<([u8; 32], Caller)>,
-    anonymous: Caller,
+    // Shared, so authenticating a request copies a pointer, not the allowlists.
+    keys: Vec<([u8; 32], Arc<Caller>)>,
+    anonymous: Arc<Caller>,
 }
 
 impl Callers {
@@ -136,13 +138,13 @@ impl Callers {
                     users: e.users.iter().cloned().map(Pattern).collect(),
                     admin: e.admin,
                 };
-                Some((hash, caller))
+                Some((hash, Arc::new(caller)))
             })
             .collect();
         Self {
             mode,
             keys,
-            anonymous: Caller::anonymous(),
+            anonymous: Arc::new(Caller::anonymous()),
         }
     }
 
@@ -150,7 +152,7 @@ impl Callers {
         self.mode
     }
 
-    pub fn authenticate(&self, presented: Option<&str>) -> Result<&Caller, AuthError> {
+    pub fn authenticate(&self, presented: Option<&str>) -> Result<&Arc<Caller>, AuthError> {
         if self.mode == AuthMode::None {
             return Ok(&self.anonymous);
         }
@@ -235,7 +237,7 @@ pub fn audit(
         scope: key.scope().as_str().to_owned(),
         user: key.user().map(|u| u.as_str().to_owned()),
         outcome,
-        token_fp: token.map(Secret::fingerprint),
+        token_fp: token.map(|t| t.fingerprint().to_owned()),
         request_id: REQUEST_ID.try_with(Clone::clone).ok(),
     };
     tracing::info!(

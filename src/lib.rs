@@ -3,6 +3,7 @@
 //! module below is named after one of its sections.
 
 pub mod api;
+pub mod cache;
 pub mod callers;
 pub mod clock;
 pub mod config;

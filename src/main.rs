@@ -245,13 +245,17 @@ async fn run(mode: Mode) -> Result<(), String> {
         print_dev_banner(local, key.expose(), &config);
     }
     let (stop_tx, stop_rx) = watch::channel(false);
-    let sweeper = spawn_sweeper(state.clone(), interval, stop_rx);
+    let sweeper = spawn_sweeper(state.clone(), interval, stop_rx.clone());
+    let invalidation = state.refresher.spawn_invalidation(stop_rx);
     let result = serve(listener, state, async move {
         shutdown_signal().await;
         let _ = stop_tx.send(true);
     })
     .await;
     let _ = sweeper.await;
+    if let Some(invalidation) = invalidation {
+        let _ = invalidation.await;
+    }
     result.map_err(|e| format!("server error: {e}"))
 }
 

@@ -3,32 +3,50 @@
 use serde::{Deserialize, Deserializer};
 use sha2::{Digest, Sha256};
 use std::fmt;
+use std::sync::OnceLock;
 
 /// An access token, refresh token, password, client secret or API key.
 ///
 /// `Debug` redacts, there is no `Display`, and reading the value is an explicit
 /// [`Secret::expose`] call, so a secret can only leave this type on purpose.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
+#[derive(Clone)]
+pub struct Secret {
+    value: String,
+    /// Computed on first use and kept: a cached token is fingerprinted once, not
+    /// on every read that audits it.
+    fingerprint: OnceLock<String>,
+}
+
+impl PartialEq for Secret {
+    fn eq(&self, other: &Self) -> bool {
+        self.value == other.value
+    }
+}
+
+impl Eq for Secret {}
 
 impl Secret {
     pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
+        Self {
+            value: value.into(),
+            fingerprint: OnceLock::new(),
+        }
     }
 
     pub fn expose(&self) -> &str {
-        &self.0
+        &self.value
     }
 
     /// First 12 hex digits of the SHA-256 of the value: enough to correlate audit
     /// events about one token, useless for recovering it.
-    pub fn fingerprint(&self) -> String {
-        let digest = Sha256::digest(self.0.as_bytes());
-        let mut hex = String::with_capacity(12);
-        for byte in &digest[..6] {
-            hex.push_str(&format!("{byte:02x}"));
-        }
-        hex
+    pub fn fingerprint(&self) -> &str {
+        self.fingerprint.get_or_init(|| {
+            let digest = Sha256::digest(self.value.as_bytes());
+            digest[..6]
+                .iter()
+                .map(|byte| format!("{byte:02x}"))
+                .collect()
+        })
     }
 }
 
@@ -40,7 +58,7 @@ impl fmt::Debug for Secret {
 
 impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        String::deserialize(deserializer).map(Secret)
+        String::deserialize(deserializer).map(Secret::new)
     }
 }
 

@@ -73,9 +73,13 @@ pub fn scope_from_path(rest: &str) -> Result<Scope, InputError> {
     let decoded = decode(rest, "scope in the path")?;
     // Routes own these words; a scope spelled like them is asked for with ?scope=.
     for reserved in ["health", "refresh", "openapi.json", "metrics"] {
-        if decoded == reserved || decoded.starts_with(&format!("{reserved}/")) {
+        let rest = decoded.strip_prefix(reserved);
+        if rest.is_some_and(|rest| rest.is_empty() || rest.starts_with('/')) {
             return Err(InputError::ReservedPath(reserved));
         }
+    }
+    if !decoded.contains(":/") {
+        return Scope::parse(&decoded);
     }
     let parts: Vec<Cow<'_, str>> = decoded.split(' ').map(unfold_scheme).collect();
     Scope::parse(&parts.join(" "))

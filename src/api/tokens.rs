@@ -11,7 +11,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::http::{StatusCode, Uri};
+use axum::http::{StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
@@ -72,8 +72,8 @@ async fn serve(
     // A caller may ask for more validity than the service minimum, never for less.
     let floor = app.refresher.settings().min_validity_secs;
     let min_validity = min_validity.unwrap_or(floor).max(floor);
-    let record = match app.refresher.ensure(&key, min_validity).await {
-        Ok(Some(record)) if record.seconds_left(unix_now()) >= min_validity as i64 => record,
+    let served = match app.refresher.ensure(&key, min_validity).await {
+        Ok(Some(served)) if served.seconds_left(unix_now()) >= min_validity as i64 => served,
         Ok(_) => {
             app.refresher
                 .audit(&caller.name, "read", &key, Outcome::NotFound, None)
@@ -88,20 +88,15 @@ async fn serve(
         }
     };
     app.refresher
-        .audit(&caller.name, "read", &key, Outcome::Ok, Some(&record.token))
+        .audit(&caller.name, "read", &key, Outcome::Ok, Some(&served.token))
         .await;
-    app.refresher.note_read(&key);
-    let mut body = json!({
-        "token": record.token.expose(),
-        "expires_on": record.expires_on,
-        "scope": record.scope,
-        "refresh_count": record.refresh_count,
-        "stored_at": record.stored_at,
-    });
-    if let Some(user) = &record.user_id {
-        body["user_id"] = Value::from(user.as_str());
-    }
-    Ok(Json(body).into_response())
+    app.refresher.note_read(&key, &served);
+    // Serialized once when the token was stored or first served.
+    Ok((
+        [(header::CONTENT_TYPE, "application/json")],
+        served.body.clone(),
+    )
+        .into_response())
 }
 
 async fn list(
@@ -163,7 +158,8 @@ fn list_entry(full_key: &str, record: &TokenRecord, status: Option<RefreshStatus
     entry
 }
 
-/// `GET /api/tokens/health`: open to anyone, no token data.
+/// `GET /api/tokens/health`: open to anyone, no token data. `degraded` (still a
+/// `503`) when Redis is unreachable but cached tokens are still being served.
 pub async fn health(State(app): State<AppState>) -> Response {
     let store = app.refresher.store();
     let reachable = store.ping().await.is_ok();
@@ -172,20 +168,30 @@ pub async fn health(State(app): State<AppState>) -> Response {
         false => None,
     };
     let healthy = reachable && count.is_some();
-    let body = json!({
-        "status": if healthy { "healthy" } else { "unhealthy" },
+    let cache = app.refresher.cache();
+    let cached = cache.map_or(0, |c| c.len());
+    let status = match (healthy, cached) {
+        (true, _) => "healthy",
+        (false, 0) => "unhealthy",
+        (false, _) => "degraded",
+    };
+    let mut body = json!({
+        "status": status,
         "redis_connected": healthy && store.kind() == "redis",
         "active_token_count": count.unwrap_or(0),
         "timestamp": unix_now(),
         "store": store.kind(),
         "refresh_waiters": app.refresher.all_flight_waiters(),
     });
-    let status = if healthy {
+    if let Some(cache) = cache {
+        body["cache"] = json!({"entries": cached, "live": cache.is_live()});
+    }
+    let code = if healthy {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, Json(body)).into_response()
+    (code, Json(body)).into_response()
 }
 
 /// `POST /api/tokens/refresh/{scope}`: a new token from the identity provider.
@@ -281,7 +287,7 @@ pub async fn delete_token(
             .await;
         return Err(ApiError::admin_only());
     }
-    match app.refresher.store().delete(&key).await {
+    match app.refresher.delete(&key).await {
         Ok(true) => {
             app.refresher
                 .audit(&caller.name, "delete", &key, Outcome::Ok, None)

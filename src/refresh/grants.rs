@@ -106,7 +106,7 @@ impl Refresher {
         key: &TokenKey,
         error: &IdpError,
     ) -> Result<(), RefreshError> {
-        self.store.delete(key).await?;
+        self.delete(key).await?;
         tracing::warn!(%error, scope = %key.scope(), user = ?key.user(), "user grant rejected; token and refresh token removed");
         self.audit("refresher", "revoke", key, Outcome::Ok, None)
             .await;
@@ -131,6 +131,7 @@ impl Refresher {
             self.wait_for_lease(key, deadline).await?;
         }
         let result = self.exchange_and_store(key, grant).await;
+        self.forget(key);
         if let Err(error) = self.store.release_lease(key, &owner).await {
             tracing::warn!(%error, "could not release a refresh lease");
         }

@@ -14,6 +14,7 @@ pub use self::schedule::{backoff, due_at};
 pub use self::sweep::SweepSummary;
 
 use self::grants::{Acquisition, Grant};
+use crate::cache::{Served, TokenCache};
 use crate::callers::Outcome;
 use crate::clock::{unix_now, unix_now_ms};
 use crate::domain::{Scope, TokenKey};
@@ -22,10 +23,12 @@ use crate::secret::Secret;
 use crate::store::{
     PutOutcome, RefreshStatus, Sealer, Store, StoreError, TokenMetadata, TokenRecord,
 };
+use futures::StreamExt;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::sync::watch;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RefreshError {
@@ -101,13 +104,18 @@ pub struct Refresher {
     /// Lease owner prefix: unique per process.
     instance: String,
     leases_taken: AtomicU64,
-    /// When this instance last recorded a read of each key.
-    reads: Mutex<HashMap<TokenKey, i64>>,
     /// Refresh tokens at rest: sealed with `TOKEN_ENCRYPTION_KEY` when set.
     sealer: Sealer,
     /// Stored refresh tokens this instance could not decrypt (key changed).
     undecryptable: AtomicU64,
+    /// Served tokens, in front of Redis (none for the memory store: it is in-process).
+    cache: Option<TokenCache>,
 }
+
+/// Entries and bytes of served bodies the cache holds at most: a few thousand
+/// scopes and users fit; every entry is one serialized token (a few KB).
+const CACHE_ENTRIES: usize = 10_000;
+const CACHE_BYTES: usize = 32 * 1024 * 1024;
 
 impl Refresher {
     pub fn new(
@@ -116,7 +124,10 @@ impl Refresher {
         settings: RefreshSettings,
         sealer: Sealer,
     ) -> Self {
+        let cache =
+            matches!(store, Store::Redis(_)).then(|| TokenCache::new(CACHE_ENTRIES, CACHE_BYTES));
         Self {
+            cache,
             sealer,
             undecryptable: AtomicU64::new(0),
             store,
@@ -125,7 +136,6 @@ impl Refresher {
             flights: Flights::default(),
             instance: format!("{:016x}", rand::random::<u64>()),
             leases_taken: AtomicU64::new(0),
-            reads: Mutex::default(),
         }
     }
 
@@ -191,12 +201,25 @@ impl Refresher {
         self: &Arc<Self>,
         key: &TokenKey,
         min_validity: u64,
-    ) -> Result<Option<TokenRecord>, RefreshError> {
+    ) -> Result<Option<Arc<Served>>, RefreshError> {
+        if let Some(hit) = self.cache.as_ref().and_then(|c| c.get(key, min_validity)) {
+            return Ok(Some(hit));
+        }
         let arrived = Instant::now();
         let good = move |r: &TokenRecord| r.seconds_left(unix_now()) >= min_validity as i64;
-        let stored = self.store.get(key).await?;
+        let stored = match self.store.get(key).await {
+            Ok(stored) => stored,
+            Err(error) => {
+                // Redis unreachable: a cached token that is still valid is served
+                // (health says degraded) rather than failing the caller.
+                if let Some(hit) = self.cache.as_ref().and_then(|c| c.peek(key, min_validity)) {
+                    return Ok(Some(hit));
+                }
+                return Err(error.into());
+            }
+        };
         if let Some(record) = stored.as_ref().filter(|r| good(r)) {
-            return Ok(Some(record.clone()));
+            return Ok(Some(self.remember(key, record)));
         }
         // A token that is stored but too short-lived is renewed even when on-demand
         // acquisition is off: the service already owns that key.
@@ -204,11 +227,94 @@ impl Refresher {
             return Ok(None);
         }
         match self.flight(key, arrived, good).await {
-            Ok(landed) => Ok(Some(landed.record)),
+            Ok(landed) => Ok(Some(self.remember(key, &landed.record))),
             // A user token that cannot be renewed is not served below its minimum.
             Err(RefreshError::NoGrant { .. } | RefreshError::GrantRevoked) => Ok(None),
             Err(error) => Err(error),
         }
+    }
+
+    /// The served form of `record`, kept in the cache.
+    fn remember(&self, key: &TokenKey, record: &TokenRecord) -> Arc<Served> {
+        let served = Arc::new(Served::new(record));
+        if let Some(cache) = &self.cache {
+            cache.insert(key, served.clone());
+        }
+        served
+    }
+
+    fn forget(&self, key: &TokenKey) {
+        if let Some(cache) = &self.cache {
+            cache.invalidate(key);
+        }
+    }
+
+    pub fn cache(&self) -> Option<&TokenCache> {
+        self.cache.as_ref()
+    }
+
+    /// Removes a token with its refresh token and index entries (and from this
+    /// instance's cache at once; other instances hear of it on the channel).
+    pub async fn delete(&self, key: &TokenKey) -> Result<bool, StoreError> {
+        let removed = self.store.delete(key).await;
+        self.forget(key);
+        removed
+    }
+
+    /// Listens on the change-event channel and drops the cache entries of tokens
+    /// written by any instance, until `stop`. Resubscribes after a lost connection;
+    /// while unsubscribed the cache is not trusted (see [`TokenCache::set_live`]).
+    pub fn spawn_invalidation(
+        self: &Arc<Self>,
+        mut stop: watch::Receiver<bool>,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let Store::Redis(redis) = &self.store else {
+            return None;
+        };
+        self.cache.as_ref()?;
+        let this = Arc::clone(self);
+        let keys = redis.keys().clone();
+        Some(tokio::spawn(async move {
+            let (Store::Redis(redis), Some(cache)) = (&this.store, &this.cache) else {
+                return;
+            };
+            let mut pause = Duration::from_millis(100);
+            loop {
+                match redis.subscribe_events().await {
+                    Ok(mut pubsub) => {
+                        cache.set_live(true);
+                        pause = Duration::from_millis(100);
+                        let mut messages = pubsub.on_message();
+                        loop {
+                            tokio::select! {
+                                message = messages.next() => match message {
+                                    Some(message) => {
+                                        let name: String = message.get_payload().unwrap_or_default();
+                                        match keys.parse_token(&name) {
+                                            Some(key) => cache.invalidate(&key),
+                                            None => tracing::debug!("ignoring a change event for an unknown key"),
+                                        }
+                                    }
+                                    None => break,
+                                },
+                                _ = stop.changed() => {
+                                    cache.set_live(false);
+                                    return;
+                                }
+                            }
+                        }
+                        cache.set_live(false);
+                        tracing::warn!("lost the change-event subscription; resubscribing");
+                    }
+                    Err(error) => tracing::debug!(%error, "cannot subscribe to change events yet"),
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = stop.changed() => return,
+                }
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+        }))
     }
 
     /// A new token from the identity provider, bypassing every cache. A refresh
@@ -233,22 +339,17 @@ impl Refresher {
     }
 
     /// Notes that `key` was served, for the idle rule. Writes to the store at most
-    /// every [`READ_MARK_EVERY_SECS`] per key, in the background.
-    pub fn note_read(self: &Arc<Self>, key: &TokenKey) {
+    /// every [`READ_MARK_EVERY_SECS`] per served token, in the background.
+    pub fn note_read(self: &Arc<Self>, key: &TokenKey, served: &Served) {
         let now = unix_now();
+        let last = served.read_marked.load(Ordering::Relaxed);
+        if now - last < READ_MARK_EVERY_SECS
+            || served
+                .read_marked
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
         {
-            let mut reads = self.reads.lock().unwrap_or_else(|p| p.into_inner());
-            if reads
-                .get(key)
-                .is_some_and(|last| now - last < READ_MARK_EVERY_SECS)
-            {
-                return;
-            }
-            if reads.len() > 100_000 {
-                // Bounded: forgetting only costs one extra write per key.
-                reads.clear();
-            }
-            reads.insert(key.clone(), now);
+            return;
         }
         let this = Arc::clone(self);
         let key = key.clone();

@@ -53,6 +53,12 @@ impl Keys {
         format!("{}tokens:status:{}", self.ns, self.token_suffix(key))
     }
 
+    /// The pub/sub channel on which every write of a token publishes that token's
+    /// full key, so instances (and other applications) can drop cached copies.
+    pub fn events(&self) -> String {
+        format!("{}tokens:events", self.ns)
+    }
+
     /// The capped audit stream (`TOKEN_AUDIT_STREAM=true`).
     pub fn audit(&self) -> String {
         format!("{}tokens:audit", self.ns)

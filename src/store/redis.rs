@@ -40,6 +40,7 @@ redis.call('SET', KEYS[1], ARGV[1] .. ',"refresh_count":' .. count .. '}', 'EX',
 redis.call('SADD', KEYS[2], KEYS[1])
 redis.call('ZADD', KEYS[3], ARGV[5], KEYS[1])
 redis.call('DEL', KEYS[4])
+redis.call('PUBLISH', ARGV[6], KEYS[1])
 return {1, count}
 "#;
 
@@ -61,6 +62,8 @@ return 0
 "#;
 
 pub struct RedisStore {
+    /// For the invalidation subscription, which needs a connection of its own.
+    client: redis::Client,
     conn: ConnectionManager,
     keys: Keys,
     put_script: Script,
@@ -109,9 +112,10 @@ impl RedisStore {
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, manager_config)
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager_config)
             .map_err(|e| ConfigError(format!("REDIS_HOST: {e}")))?;
         Ok(Self {
+            client,
             conn,
             keys: Keys::new(&config.namespace),
             put_script: Script::new(PUT_SCRIPT),
@@ -195,6 +199,7 @@ impl RedisStore {
         })?;
         // serde_json always ends an object with '}'.
         let open = &json[..json.len() - 1];
+        let events = self.keys.events();
         let (active, schedule, status) = (
             self.keys.active(),
             self.keys.schedule(),
@@ -211,7 +216,8 @@ impl RedisStore {
                     .arg(record.token.expose())
                     .arg(record.requested_at_ms)
                     .arg(ttl)
-                    .arg(due_at);
+                    .arg(due_at)
+                    .arg(&events);
                 async move { invocation.invoke_async(&mut c).await }
             })
             .await?;
@@ -240,6 +246,8 @@ impl RedisStore {
                     .zrem(self.keys.schedule(), &token)
                     .ignore()
                     .zrem(self.keys.reads(), &token)
+                    .ignore()
+                    .publish(self.keys.events(), &token)
                     .ignore();
                 async move { pipe.query_async(&mut c).await }
             })
@@ -620,6 +628,24 @@ impl RedisStore {
         })
         .await?;
         Ok(())
+    }
+
+    /// A connection subscribed to the change-event channel.
+    pub async fn subscribe_events(&self) -> Result<redis::aio::PubSub, StoreError> {
+        let connect = async {
+            let mut pubsub = self.client.get_async_pubsub().await?;
+            pubsub.subscribe(self.keys.events()).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(StoreError::Redis(redis::RedisError::from(
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "subscribing to the change events timed out",
+                ),
+            ))),
+        }
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {

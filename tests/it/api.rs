@@ -705,6 +705,7 @@ async fn the_list_shows_metadata_a_caller_may_see_and_never_a_token() {
 #[tokio::test(flavor = "multi_thread")]
 async fn health_follows_redis() {
     let mut app = TestApp::spawn().await;
+    app.wait_cache_live().await;
     app.get(
         &format!("/api/tokens/{GRAPH_ENCODED}"),
         Some(&app.keys.reader),
@@ -720,14 +721,24 @@ async fn health_follows_redis() {
     app.redis.stop();
     let (status, body) = app.get("/api/tokens/health", None).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(body["status"], "unhealthy");
+    assert_eq!(
+        body["status"], "degraded",
+        "cached tokens are still served: {body}"
+    );
     assert_eq!(body["redis_connected"], false);
-    let (status, body, headers) = app
-        .send(
-            Method::GET,
+    let (status, _) = app
+        .get(
             &format!("/api/tokens/{GRAPH_ENCODED}"),
             Some(&app.keys.reader),
         )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "a still-valid cached token is served without Redis"
+    );
+    let (status, body, headers) = app
+        .send(Method::GET, "/api/tokens/User.Read", Some(&app.keys.reader))
         .await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(body["error"], "Token store unavailable");

@@ -4,6 +4,7 @@
 mod support;
 
 mod api;
+mod cache;
 mod hardening;
 mod host;
 mod layout;

@@ -85,6 +85,7 @@ pub struct TestApp {
     pub keys: Keys,
     pub http: reqwest::Client,
     _stop: tokio::sync::oneshot::Sender<()>,
+    _invalidation_stop: tokio::sync::watch::Sender<bool>,
     sweeper: Option<tokio::sync::watch::Sender<bool>>,
 }
 
@@ -114,6 +115,9 @@ impl TestApp {
         tokio::spawn(token_broker::serve(listener, state.clone(), async {
             let _ = stopped.await;
         }));
+        // As the binary does: the cache is trusted only while this listens.
+        let (invalidation_stop, invalidation_stopped) = tokio::sync::watch::channel(false);
+        state.refresher.spawn_invalidation(invalidation_stopped);
         Self {
             addr,
             state,
@@ -122,7 +126,18 @@ impl TestApp {
             keys,
             http: reqwest::Client::new(),
             _stop: stop,
+            _invalidation_stop: invalidation_stop,
             sweeper: None,
+        }
+    }
+
+    /// Waits (at most 10 s) until the cache listens for change events: before
+    /// that it holds nothing for long (going live clears it).
+    pub async fn wait_cache_live(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.state.refresher.cache().is_some_and(|c| c.is_live()) {
+            assert!(Instant::now() < deadline, "the cache never went live");
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 

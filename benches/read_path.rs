@@ -1,0 +1,257 @@
+//! The read path against a plain Redis GET, in one run on one machine: starts
+//! redis-server, the identity-provider double and the `handler` binary, warms one
+//! token, then measures `redis-benchmark` GET of a 2000-byte value at 50 clients
+//! and the service's `GET /api/tokens/{scope}` at 50 connections with `wrk`, and
+//! prints both rates, their ratio, the service's p50/p99 and its peak RSS.
+//! Run with `scripts/bench-read-path.sh` (installs wrk when missing).
+
+#[path = "../tests/it/support/idp.rs"]
+#[allow(dead_code)]
+mod idp;
+#[path = "../tests/it/support/redis_server.rs"]
+#[allow(dead_code)]
+mod redis_server;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn log_dir() -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-logs");
+    let _ = std::fs::create_dir_all(&dir);
+    dir
+}
+
+const SECONDS: u64 = 10;
+const CONNECTIONS: u32 = 50;
+
+fn run(command: &mut Command) -> String {
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+    assert!(
+        output.status.success(),
+        "{command:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// `redis-benchmark -t get` requests per second for a 2000-byte value.
+fn redis_get_rate(redis: &redis_server::RedisServer) -> f64 {
+    let port = redis.port.to_string();
+    let base = [
+        "-h",
+        "127.0.0.1",
+        "-p",
+        port.as_str(),
+        "-a",
+        redis.password.as_str(),
+    ];
+    // Without -r every request uses the key "key:__rand_int__": set it once, 2000 bytes.
+    run(Command::new("redis-benchmark")
+        .args(base)
+        .args(["-t", "set", "-d", "2000", "-n", "1000", "-q"]));
+    let out = run(Command::new("redis-benchmark")
+        .args(base)
+        .args(["-t", "get", "-d", "2000", "-c", "50", "-n", "1000000", "-q"]));
+    // Progress lines end in \r; the summary is the segment with "requests per second".
+    let line = out
+        .split(['\r', '\n'])
+        .find(|l| l.contains("requests per second"))
+        .unwrap_or_default();
+    let rate = line
+        .split("GET:")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok());
+    rate.unwrap_or_else(|| panic!("unexpected redis-benchmark output: {out}"))
+}
+
+struct Wrk {
+    rate: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+fn millis(text: &str) -> f64 {
+    let (number, unit) = text.split_at(
+        text.find(|c: char| c.is_ascii_alphabetic())
+            .unwrap_or(text.len()),
+    );
+    let value: f64 = number.parse().unwrap_or(f64::NAN);
+    match unit {
+        "us" => value / 1000.0,
+        "ms" => value,
+        "s" => value * 1000.0,
+        _ => f64::NAN,
+    }
+}
+
+fn wrk(url: &str, key: &str) -> Wrk {
+    let out = run(Command::new("wrk").args([
+        "-t1",
+        "-c",
+        &CONNECTIONS.to_string(),
+        "-d",
+        &format!("{SECONDS}s"),
+        "--latency",
+        "-H",
+        &format!("Authorization: Bearer {key}"),
+        url,
+    ]));
+    let find = |prefix: &str| {
+        out.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix).map(|r| r.trim().to_owned()))
+    };
+    let non_2xx = find("Non-2xx or 3xx responses:");
+    assert!(non_2xx.is_none(), "the service answered errors: {out}");
+    Wrk {
+        rate: find("Requests/sec:")
+            .and_then(|r| r.parse().ok())
+            .unwrap_or_else(|| panic!("{out}")),
+        p50_ms: millis(&find("50%").unwrap_or_default()),
+        p99_ms: millis(&find("99%").unwrap_or_default()),
+    }
+}
+
+fn peak_rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN);
+    kb / 1024.0
+}
+
+#[tokio::main]
+async fn main() {
+    let redis = redis_server::RedisServer::start();
+    let idp = idp::Idp::start().await;
+    let (key, entry) = token_broker::callers::new_key("bench", vec!["*".into()], vec![], false);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let log = std::fs::File::create(log_dir().join("read-path-handler.log")).unwrap();
+    let started = Instant::now();
+    let mut handler = Command::new(env!("CARGO_BIN_EXE_handler"))
+        .args(["serve", "--port", &port.to_string()])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env(
+            "RUST_LOG",
+            std::env::var("BENCH_RUST_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .envs(redis.env())
+        .envs(idp.env())
+        .env("TOKEN_API_KEYS", serde_json::to_string(&[entry]).unwrap())
+        .envs(
+            std::env::var("TOKIO_WORKER_THREADS")
+                .ok()
+                .map(|n| ("TOKIO_WORKER_THREADS", n)),
+        )
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start handler");
+    let http = reqwest::Client::new();
+    let url =
+        format!("http://127.0.0.1:{port}/api/tokens/https%3A%2F%2Fgraph.microsoft.com%2F.default");
+    let probe = format!("http://127.0.0.1:{port}/");
+    let startup = loop {
+        if http.get(&probe).send().await.is_ok() {
+            break started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "handler did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    };
+    // Measure the cache as deployed: only once its invalidation channel is live.
+    let health = format!("http://127.0.0.1:{port}/api/tokens/health");
+    loop {
+        let body: serde_json::Value = http
+            .get(&health)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if body["cache"]["live"] == true {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "cache never went live: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let warm = http
+        .get(&url)
+        .bearer_auth(key.expose())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(warm.status(), 200, "warming the token");
+    let token_len = warm.text().await.unwrap().len();
+
+    let redis_rate = tokio::task::spawn_blocking({
+        let redis = std::sync::Arc::new(redis);
+        move || (redis_get_rate(&redis), redis)
+    })
+    .await
+    .unwrap();
+    let (redis_rate, _redis) = redis_rate;
+    let redis_calls = |redis: &redis_server::RedisServer| -> u64 {
+        let info: String = redis::cmd("INFO")
+            .arg("stats")
+            .query(&mut redis.conn())
+            .unwrap();
+        info.lines()
+            .find_map(|l| l.strip_prefix("total_commands_processed:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let calls_before = redis_calls(&_redis);
+    let service = tokio::task::spawn_blocking({
+        let (url, key) = (url.clone(), key.expose().to_owned());
+        move || wrk(&url, &key)
+    })
+    .await
+    .unwrap();
+    let rss = peak_rss_mb(handler.id());
+    let redis_during = redis_calls(&_redis) - calls_before;
+    let _ = handler.kill();
+    let _ = handler.wait();
+
+    println!();
+    println!(
+        "handler answered GET / {:.1} ms after exec (probe loop polling every 1 ms)",
+        startup.as_secs_f64() * 1000.0
+    );
+    println!(
+        "response body: {token_len} bytes; {CONNECTIONS} connections, wrk -t1 for {SECONDS} s; RUST_LOG={}",
+        std::env::var("BENCH_RUST_LOG").unwrap_or_else(|_| "info".into())
+    );
+    println!(
+        "Redis commands while the service was measured: {redis_during} (reads served from the in-process cache)"
+    );
+    println!("| | requests/s | p50 | p99 |");
+    println!("|---|---:|---:|---:|");
+    println!("| redis-benchmark GET, 2000-byte value, 50 clients | {redis_rate:.0} | | |");
+    println!(
+        "| GET /api/tokens/{{scope}}, 50 connections | {:.0} | {:.2} ms | {:.2} ms |",
+        service.rate, service.p50_ms, service.p99_ms
+    );
+    println!();
+    println!(
+        "ratio service / Redis GET = {:.2} (target >= 1.0); p99 {:.2} ms (target < 2 ms); peak RSS {rss:.1} MB (target < 50 MB)",
+        service.rate / redis_rate,
+        service.p99_ms
+    );
+}

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The read-path benchmark (BENCHMARKS.md): installs wrk and redis-server from
+# Debian's packages when missing, then runs it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+missing=()
+command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+command -v redis-benchmark >/dev/null 2>&1 || missing+=(redis-server redis-tools)
+if [ ${#missing[@]} -gt 0 ]; then
+    sudo=""
+    if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+cargo bench --bench read_path

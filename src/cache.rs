@@ -1,0 +1,221 @@
+//! The in-process cache of served tokens, in front of Redis.
+//!
+//! Entries are the answer to `GET /api/tokens/{scope}` already serialized, so a hit
+//! costs a map lookup and no JSON work. Every instance drops an entry when any
+//! instance refreshes, stores or deletes that token: writes publish the token's
+//! key on the Redis channel `{ns}tokens:events` (see README), and each instance
+//! listens. Entries are served without asking Redis only while that subscription
+//! is live; while it is down they are used only if Redis cannot be reached at all.
+
+use crate::clock::unix_now;
+use crate::domain::TokenKey;
+use crate::secret::Secret;
+use crate::store::TokenRecord;
+use axum::body::Bytes;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, RwLock};
+
+/// A token as the API serves it.
+#[derive(Debug)]
+pub struct Served {
+    pub token: Secret,
+    pub expires_on: i64,
+    /// `{"token","expires_on","scope","refresh_count","stored_at"[,"user_id"]}`.
+    pub body: Bytes,
+    /// When a read of this token was last recorded for the idle rule (Unix
+    /// seconds): kept here so a cache hit needs no shared lock to check it.
+    pub read_marked: AtomicI64,
+}
+
+impl Served {
+    pub fn new(record: &TokenRecord) -> Self {
+        let mut body = serde_json::json!({
+            "token": record.token.expose(),
+            "expires_on": record.expires_on,
+            "scope": record.scope,
+            "refresh_count": record.refresh_count,
+            "stored_at": record.stored_at,
+        });
+        if let Some(user) = &record.user_id {
+            body["user_id"] = serde_json::Value::from(user.as_str());
+        }
+        Self {
+            token: record.token.clone(),
+            expires_on: record.expires_on,
+            body: Bytes::from(body.to_string()),
+            read_marked: AtomicI64::new(0),
+        }
+    }
+
+    pub fn seconds_left(&self, now: i64) -> i64 {
+        self.expires_on - now
+    }
+}
+
+/// Bounded in entries and in bytes of served bodies.
+pub struct TokenCache {
+    entries: RwLock<Entries>,
+    live: AtomicBool,
+    max_entries: usize,
+    max_bytes: usize,
+}
+
+#[derive(Default)]
+struct Entries {
+    map: HashMap<TokenKey, Arc<Served>>,
+    bytes: usize,
+}
+
+impl TokenCache {
+    pub fn new(max_entries: usize, max_bytes: usize) -> Self {
+        Self {
+            entries: RwLock::default(),
+            live: AtomicBool::new(false),
+            max_entries,
+            max_bytes,
+        }
+    }
+
+    /// An entry with at least `min_validity` seconds left, if the invalidation
+    /// channel is live.
+    pub fn get(&self, key: &TokenKey, min_validity: u64) -> Option<Arc<Served>> {
+        if !self.live.load(Ordering::Acquire) {
+            return None;
+        }
+        self.peek(key, min_validity)
+    }
+
+    /// The same, whether or not the channel is live: for when Redis is unreachable.
+    pub fn peek(&self, key: &TokenKey, min_validity: u64) -> Option<Arc<Served>> {
+        let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
+        entries
+            .map
+            .get(key)
+            .filter(|served| served.seconds_left(unix_now()) >= min_validity as i64)
+            .cloned()
+    }
+
+    pub fn insert(&self, key: &TokenKey, served: Arc<Served>) {
+        let size = served.body.len();
+        if size > self.max_bytes / 16 {
+            return;
+        }
+        let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(old) = entries.map.remove(key) {
+            entries.bytes -= old.body.len();
+        }
+        if entries.map.len() >= self.max_entries || entries.bytes + size > self.max_bytes {
+            // Full: expired entries go first; if that is not enough, everything
+            // (a refill costs one Redis read per key, and this is rare).
+            let now = unix_now();
+            entries.map.retain(|_, served| served.expires_on > now);
+            entries.bytes = entries.map.values().map(|s| s.body.len()).sum();
+            if entries.map.len() >= self.max_entries || entries.bytes + size > self.max_bytes {
+                entries.map.clear();
+                entries.bytes = 0;
+            }
+        }
+        entries.bytes += size;
+        entries.map.insert(key.clone(), served);
+    }
+
+    pub fn invalidate(&self, key: &TokenKey) {
+        let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(old) = entries.map.remove(key) {
+            entries.bytes -= old.body.len();
+        }
+    }
+
+    /// Whether entries may be served without asking Redis. Set false when the
+    /// subscription drops; set true (after clearing, as events may have been
+    /// missed) when it is back.
+    pub fn set_live(&self, live: bool) {
+        if live {
+            let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
+            entries.map.clear();
+            entries.bytes = 0;
+        }
+        self.live.store(live, Ordering::Release);
+    }
+
+    pub fn is_live(&self) -> bool {
+        self.live.load(Ordering::Acquire)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .map
+            .len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Scope;
+    use crate::store::TokenMetadata;
+
+    fn served(token: &str, expires_on: i64) -> Arc<Served> {
+        Arc::new(Served::new(&TokenRecord {
+            token: Secret::new(token),
+            expires_on,
+            scope: "S".into(),
+            stored_at: 0,
+            user_id: None,
+            metadata: TokenMetadata::default(),
+            requested_at_ms: 0,
+            refresh_count: 0,
+        }))
+    }
+
+    fn key(scope: &str) -> TokenKey {
+        TokenKey::Agent(Scope::parse(scope).unwrap())
+    }
+
+    #[test]
+    fn serves_only_while_live_and_never_below_min_validity() {
+        let cache = TokenCache::new(10, 1 << 20);
+        cache.set_live(true);
+        let now = unix_now();
+        cache.insert(&key("A"), served("a", now + 100));
+        assert!(cache.get(&key("A"), 50).is_some());
+        assert!(
+            cache.get(&key("A"), 101).is_none(),
+            "below the asked validity"
+        );
+        cache.set_live(false);
+        assert!(cache.get(&key("A"), 0).is_none(), "not live: ask Redis");
+        cache.set_live(true);
+        assert!(
+            cache.peek(&key("A"), 0).is_none(),
+            "cleared when the channel came back"
+        );
+    }
+
+    #[test]
+    fn bounded_in_entries_and_bytes() {
+        let cache = TokenCache::new(3, 1 << 20);
+        cache.set_live(true);
+        let now = unix_now();
+        for i in 0..10 {
+            cache.insert(&key(&format!("S{i}")), served("t", now + 100));
+            assert!(cache.len() <= 3);
+        }
+        let small = TokenCache::new(100, 16 * 200);
+        small.set_live(true);
+        for i in 0..100 {
+            small.insert(&key(&format!("S{i}")), served(&"x".repeat(150), now + 100));
+            let bytes = small.entries.read().unwrap().bytes;
+            assert!(bytes <= 16 * 200, "{bytes}");
+        }
+        cache.invalidate(&key("S9"));
+        assert!(cache.get(&key("S9"), 0).is_none());
+    }
+}
