@@ -223,35 +223,52 @@ pub struct AuditRecord {
 }
 
 /// One structured event per token read, refresh, store and delete (SPEC §7).
-/// Carries the token's fingerprint, never the token.
+/// Carries the token's fingerprint, never the token. Borrows everything: it runs
+/// on every read.
 pub fn audit(
     caller: &str,
     action: &'static str,
     key: &TokenKey,
     outcome: Outcome,
     token: Option<&Secret>,
-) -> AuditRecord {
-    let record = AuditRecord {
-        caller: caller.to_owned(),
-        action,
-        scope: key.scope().as_str().to_owned(),
-        user: key.user().map(|u| u.as_str().to_owned()),
-        outcome,
-        token_fp: token.map(|t| t.fingerprint().to_owned()),
-        request_id: REQUEST_ID.try_with(Clone::clone).ok(),
+) {
+    let emit = |request_id: Option<&str>| {
+        tracing::info!(
+            target: "audit",
+            caller,
+            action,
+            scope = key.scope().as_str(),
+            user = key.user().map(|u| u.as_str()),
+            outcome = ?outcome,
+            token_fp = token.map(Secret::fingerprint),
+            request_id,
+            "token {action}"
+        );
     };
-    tracing::info!(
-        target: "audit",
-        caller,
-        action,
-        scope = record.scope,
-        user = record.user,
-        outcome = ?outcome,
-        token_fp = record.token_fp,
-        request_id = record.request_id,
-        "token {action}"
-    );
-    record
+    if REQUEST_ID.try_with(|id| emit(Some(id))).is_err() {
+        emit(None);
+    }
+}
+
+impl AuditRecord {
+    /// The event as appended to the audit stream.
+    pub fn new(
+        caller: &str,
+        action: &'static str,
+        key: &TokenKey,
+        outcome: Outcome,
+        token: Option<&Secret>,
+    ) -> Self {
+        Self {
+            caller: caller.to_owned(),
+            action,
+            scope: key.scope().as_str().to_owned(),
+            user: key.user().map(|u| u.as_str().to_owned()),
+            outcome,
+            token_fp: token.map(|t| t.fingerprint().to_owned()),
+            request_id: REQUEST_ID.try_with(Clone::clone).ok(),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -98,15 +98,81 @@ fn parse_args(args: &[String]) -> Result<Mode, String> {
     }
 }
 
-fn init_tracing() {
+/// Log lines collect in memory and reach stderr every [`LOG_FLUSH_EVERY`] (or when
+/// [`LOG_BUFFER`] fills): an audit line per token read must not cost a write
+/// system call on the request's path. At most that long of logs is lost if the
+/// process is killed; a panic flushes first.
+const LOG_FLUSH_EVERY: Duration = Duration::from_millis(50);
+const LOG_BUFFER: usize = 256 * 1024;
+
+#[derive(Clone, Default)]
+struct BufferedStderr(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl BufferedStderr {
+    fn flush_now(&self) {
+        let mut buffer = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if !buffer.is_empty() {
+            let _ = std::io::Write::write_all(&mut std::io::stderr(), &buffer);
+            buffer.clear();
+        }
+    }
+}
+
+impl std::io::Write for BufferedStderr {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let mut buffer = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        buffer.extend_from_slice(bytes);
+        if buffer.len() >= LOG_BUFFER {
+            std::io::stderr().write_all(&buffer)?;
+            buffer.clear();
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn init_tracing() -> BufferedStderr {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = BufferedStderr::default();
+    let flusher = logs.clone();
+    std::thread::spawn(move || {
+        loop {
+            std::thread::sleep(LOG_FLUSH_EVERY);
+            flusher.flush_now();
+        }
+    });
+    let on_panic = logs.clone();
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        on_panic.flush_now();
+        default_hook(info);
+    }));
+    let writer = logs.clone();
     // No colour codes when the host (or a pipe) collects the output.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(move || writer.clone())
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    logs
+}
+
+/// Threads serving requests: `TOKIO_WORKER_THREADS` when set, else one fewer than
+/// the cores (at least one). Under the Functions host every request also passes
+/// through the host's own process on the same machine, and a core left to it (or
+/// to a co-located load generator, see BENCHMARKS.md) serves more requests than a
+/// thread of ours fighting it for that core.
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        builder.worker_threads(cores.saturating_sub(1).max(1));
+    }
+    builder.enable_all().build()
 }
 
 /// `--flag` beats the variable, which beats the config default.
@@ -159,15 +225,17 @@ fn main() -> ExitCode {
         println!("Give the key to the caller; put the entry (never the key) in TOKEN_API_KEYS.");
         return ExitCode::SUCCESS;
     }
-    init_tracing();
-    let runtime = match tokio::runtime::Runtime::new() {
+    let logs = init_tracing();
+    let runtime = match runtime() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("handler: cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(mode)) {
+    let result = runtime.block_on(run(mode));
+    logs.flush_now();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(why) => {
             eprintln!("handler: {why}");

@@ -69,7 +69,9 @@ async fn edge(
     }
     let id = request_id(request.headers());
     let path = request.uri().path();
-    let span = tracing::info_span!(
+    // Debug level: audit events carry the request id themselves, and an info span
+    // would be formatted for every request.
+    let span = tracing::debug_span!(
         "request",
         request_id = %id,
         method = %request.method(),

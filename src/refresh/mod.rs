@@ -163,11 +163,12 @@ impl Refresher {
         outcome: Outcome,
         token: Option<&Secret>,
     ) {
-        let record = crate::callers::audit(caller, action, key, outcome, token);
-        if self.settings.audit_stream
-            && let Err(error) = self.store.append_audit(&record).await
-        {
-            tracing::warn!(%error, "could not append to the audit stream");
+        crate::callers::audit(caller, action, key, outcome, token);
+        if self.settings.audit_stream {
+            let record = crate::callers::AuditRecord::new(caller, action, key, outcome, token);
+            if let Err(error) = self.store.append_audit(&record).await {
+                tracing::warn!(%error, "could not append to the audit stream");
+            }
         }
     }
 
