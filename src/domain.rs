@@ -71,11 +71,12 @@ impl Scope {
         if !raw.bytes().all(|b| (0x20..=0x7e).contains(&b)) {
             return Err(InputError::ScopeCharacters);
         }
-        let folded = raw
-            .split(' ')
-            .filter(|p| !p.is_empty())
-            .collect::<Vec<_>>()
-            .join(" ");
+        // Most scopes arrive already folded: no allocation beyond the copy then.
+        let folded = if raw.starts_with(' ') || raw.ends_with(' ') || raw.contains("  ") {
+            raw.split(' ').filter(|p| !p.is_empty()).collect::<Vec<_>>().join(" ")
+        } else {
+            raw.to_owned()
+        };
         if folded.is_empty() {
             return Err(InputError::EmptyScope);
         }

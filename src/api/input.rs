@@ -78,7 +78,7 @@ pub fn scope_from_path(rest: &str) -> Result<Scope, InputError> {
             return Err(InputError::ReservedPath(reserved));
         }
     }
-    if !decoded.contains(":/") {
+    if !decoded.split(' ').any(|part| matches!(unfold_scheme(part), Cow::Owned(_))) {
         return Scope::parse(&decoded);
     }
     let parts: Vec<Cow<'_, str>> = decoded.split(' ').map(unfold_scheme).collect();

@@ -14,6 +14,8 @@ use token_broker::store::{PutOutcome, TokenMetadata, TokenRecord};
 async fn token_json_ttl_and_active_set_follow_the_spec() {
     let app = TestApp::spawn_with(&[("REDIS_NAMESPACE", "myapp:")]).await;
     app.idp.set_expires_in(3000);
+    // As long as a real Graph token.
+    app.idp.set_token_padding(1500);
     let (status, served) = app
         .get(
             &format!("/api/tokens/{GRAPH_ENCODED}"),
@@ -28,6 +30,7 @@ async fn token_json_ttl_and_active_set_follow_the_spec() {
     let json: String = conn.get(&key).unwrap();
     let stored: Value = serde_json::from_str(&json).unwrap();
     assert_eq!(stored["token"], served["token"]);
+    assert!(stored["token"].as_str().unwrap().len() > 1500, "a real-size token round-trips");
     assert_eq!(stored["scope"], GRAPH);
     assert_eq!(stored["expires_on"], served["expires_on"]);
     assert_eq!(stored["refresh_count"], 0);

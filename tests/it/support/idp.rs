@@ -73,6 +73,7 @@ struct IdpState {
     inner: Mutex<Inner>,
     expires_in: AtomicU64,
     refresh_in: AtomicU64,
+    padding: AtomicU64,
     serial: AtomicU64,
     gate: watch::Sender<bool>,
     arrivals: watch::Sender<usize>,
@@ -90,6 +91,7 @@ impl Idp {
             inner: Mutex::default(),
             expires_in: AtomicU64::new(3599),
             refresh_in: AtomicU64::new(0),
+            padding: AtomicU64::new(0),
             serial: AtomicU64::new(0),
             gate: watch::Sender::new(false),
             arrivals: watch::Sender::new(0),
@@ -152,6 +154,11 @@ impl Idp {
 
     pub fn set_expires_in(&self, secs: u64) {
         self.state.expires_in.store(secs, Ordering::SeqCst);
+    }
+
+    /// Makes access tokens longer by about `bytes` (real Entra tokens are 1-3 KB).
+    pub fn set_token_padding(&self, bytes: u64) {
+        self.state.padding.store(bytes, Ordering::SeqCst);
     }
 
     /// The next request fails this way (queued, one per request).
@@ -311,8 +318,8 @@ async fn token(
 
     let serial = state.serial.fetch_add(1, Ordering::SeqCst);
     let expires_in = state.expires_in.load(Ordering::SeqCst);
-    let payload =
-        json!({"aud": scope, "n": serial, "grant": grant, "nonce": rand::random::<u64>()});
+    let padding = "p".repeat(state.padding.load(Ordering::SeqCst) as usize * 3 / 4);
+    let payload = json!({"aud": scope, "n": serial, "grant": grant, "nonce": rand::random::<u64>(), "pad": padding});
     let access_token = format!(
         "{}.{}.{}",
         b64(br#"{"typ":"JWT","alg":"RS256"}"#),
