@@ -207,11 +207,18 @@ async fn main() {
     let token_len = warm.text().await.unwrap().len();
 
     let redis_calls = |redis: &redis_server::RedisServer| -> u64 {
-        let info: String = redis::cmd("INFO").arg("stats").query(&mut redis.conn()).unwrap();
-        info.lines().find_map(|l| l.strip_prefix("total_commands_processed:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+        let info: String = redis::cmd("INFO")
+            .arg("stats")
+            .query(&mut redis.conn())
+            .unwrap();
+        info.lines()
+            .find_map(|l| l.strip_prefix("total_commands_processed:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
     };
     let redis = std::sync::Arc::new(redis);
-    let (mut redis_rates, mut service_rates, mut p50s, mut p99s, mut redis_during) = (vec![], vec![], vec![], vec![], 0);
+    let (mut redis_rates, mut service_rates, mut p50s, mut p99s, mut redis_during) =
+        (vec![], vec![], vec![], vec![], 0);
     for round in 0..ROUNDS {
         let redis_rate = tokio::task::spawn_blocking({
             let redis = redis.clone();
@@ -227,7 +234,11 @@ async fn main() {
         .await
         .unwrap();
         redis_during += redis_calls(&redis) - calls_before;
-        eprintln!("round {round}: redis {redis_rate:.0}/s, service {:.0}/s, ratio {:.2}", service.rate, service.rate / redis_rate);
+        eprintln!(
+            "round {round}: redis {redis_rate:.0}/s, service {:.0}/s, ratio {:.2}",
+            service.rate,
+            service.rate / redis_rate
+        );
         redis_rates.push(redis_rate);
         service_rates.push(service.rate);
         p50s.push(service.p50_ms);
@@ -237,26 +248,49 @@ async fn main() {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    let ratios: Vec<f64> = service_rates.iter().zip(&redis_rates).map(|(s, r)| s / r).collect();
+    let ratios: Vec<f64> = service_rates
+        .iter()
+        .zip(&redis_rates)
+        .map(|(s, r)| s / r)
+        .collect();
     let worst_p99 = p99s.iter().cloned().fold(0.0, f64::max);
-    let (redis_rate, service_rate, p50, p99) = (median(redis_rates), median(service_rates), median(p50s), median(p99s));
+    let (redis_rate, service_rate, p50, p99) = (
+        median(redis_rates),
+        median(service_rates),
+        median(p50s),
+        median(p99s),
+    );
     let rss = peak_rss_mb(handler.id());
     let _ = handler.kill();
     let _ = handler.wait();
 
     println!();
-    println!("handler answered GET / {:.1} ms after exec (probe loop polling every 1 ms)", startup.as_secs_f64() * 1000.0);
+    println!(
+        "handler answered GET / {:.1} ms after exec (probe loop polling every 1 ms)",
+        startup.as_secs_f64() * 1000.0
+    );
     println!(
         "response body: {token_len} bytes; {CONNECTIONS} connections; {ROUNDS} alternating rounds of redis-benchmark (500,000 GETs) and wrk -t1 ({SECONDS} s); RUST_LOG={}; TOKIO_WORKER_THREADS={}",
         std::env::var("BENCH_RUST_LOG").unwrap_or_else(|_| "info".into()),
         std::env::var("TOKIO_WORKER_THREADS").unwrap_or_else(|_| "default (cores - 1)".into())
     );
-    println!("Redis commands while the service was measured: {redis_during} (reads served from the in-process cache)");
-    println!("ratio per round: {}", ratios.iter().map(|r| format!("{r:.2}")).collect::<Vec<_>>().join(", "));
+    println!(
+        "Redis commands while the service was measured: {redis_during} (reads served from the in-process cache)"
+    );
+    println!(
+        "ratio per round: {}",
+        ratios
+            .iter()
+            .map(|r| format!("{r:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     println!("| median of {ROUNDS} rounds | requests/s | p50 | p99 |");
     println!("|---|---:|---:|---:|");
     println!("| redis-benchmark GET, 2000-byte value, 50 clients | {redis_rate:.0} | | |");
-    println!("| GET /api/tokens/{{scope}}, 50 connections | {service_rate:.0} | {p50:.2} ms | {p99:.2} ms |");
+    println!(
+        "| GET /api/tokens/{{scope}}, 50 connections | {service_rate:.0} | {p50:.2} ms | {p99:.2} ms |"
+    );
     println!();
     println!(
         "ratio service / Redis GET = {:.2} (target >= 1.0); p99 {p99:.2} ms, worst round {worst_p99:.2} ms (target < 2 ms); peak RSS {rss:.1} MB (target < 50 MB)",

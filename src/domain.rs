@@ -73,7 +73,10 @@ impl Scope {
         }
         // Most scopes arrive already folded: no allocation beyond the copy then.
         let folded = if raw.starts_with(' ') || raw.ends_with(' ') || raw.contains("  ") {
-            raw.split(' ').filter(|p| !p.is_empty()).collect::<Vec<_>>().join(" ")
+            raw.split(' ')
+                .filter(|p| !p.is_empty())
+                .collect::<Vec<_>>()
+                .join(" ")
         } else {
             raw.to_owned()
         };

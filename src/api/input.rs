@@ -78,7 +78,10 @@ pub fn scope_from_path(rest: &str) -> Result<Scope, InputError> {
             return Err(InputError::ReservedPath(reserved));
         }
     }
-    if !decoded.split(' ').any(|part| matches!(unfold_scheme(part), Cow::Owned(_))) {
+    if !decoded
+        .split(' ')
+        .any(|part| matches!(unfold_scheme(part), Cow::Owned(_)))
+    {
         return Scope::parse(&decoded);
     }
     let parts: Vec<Cow<'_, str>> = decoded.split(' ').map(unfold_scheme).collect();

@@ -30,7 +30,10 @@ async fn token_json_ttl_and_active_set_follow_the_spec() {
     let json: String = conn.get(&key).unwrap();
     let stored: Value = serde_json::from_str(&json).unwrap();
     assert_eq!(stored["token"], served["token"]);
-    assert!(stored["token"].as_str().unwrap().len() > 1500, "a real-size token round-trips");
+    assert!(
+        stored["token"].as_str().unwrap().len() > 1500,
+        "a real-size token round-trips"
+    );
     assert_eq!(stored["scope"], GRAPH);
     assert_eq!(stored["expires_on"], served["expires_on"]);
     assert_eq!(stored["refresh_count"], 0);
