@@ -111,7 +111,6 @@ async fn list(
     let store = app.refresher.store();
     let now = unix_now();
     let visible: Vec<&(TokenKey, TokenRecord)> = listing
-        .tokens
         .iter()
         .filter(|(key, record)| record.expires_on > now && caller.may_read(key))
         .filter(|(key, _)| user.is_none() || key.user() == user)

@@ -334,9 +334,11 @@ impl Refresher {
             return Ok(None);
         }
         let before = before.map(|r| r.token);
-        Ok(Some(
-            self.flight(key, arrived, replaces(before)).await?.record,
-        ))
+        let landed = self.flight(key, arrived, replaces(before)).await?;
+        // This instance serves the new token at once; others drop theirs when the
+        // change event reaches them.
+        self.remember(key, &landed.record);
+        Ok(Some(landed.record))
     }
 
     /// Notes that `key` was served, for the idle rule. Writes to the store at most

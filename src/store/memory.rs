@@ -2,7 +2,7 @@
 //! schedule, leases, statuses), nothing another application can read. Meant for
 //! `dev` and single-instance use; its schedule is a scan of the map.
 
-use super::{Keys, Listing, PutOutcome, RefreshStatus, TokenRecord};
+use super::{Keys, PutOutcome, RefreshStatus, TokenRecord};
 use crate::clock::unix_now;
 use crate::domain::TokenKey;
 use crate::secret::Secret;
@@ -100,7 +100,7 @@ impl MemoryStore {
             .is_some_and(|old| old.expires_on > unix_now())
     }
 
-    pub fn list(&self) -> Listing {
+    pub fn list(&self) -> Vec<(TokenKey, TokenRecord)> {
         let now = unix_now();
         let mut state = self.lock();
         state.tokens.retain(|_, record| record.expires_on > now);
@@ -110,10 +110,7 @@ impl MemoryStore {
             .map(|(k, r)| (k.clone(), r.clone()))
             .collect();
         tokens.sort_by(|a, b| a.0.cmp(&b.0));
-        Listing {
-            tokens,
-            dangling: Vec::new(),
-        }
+        tokens
     }
 
     pub fn active_count(&self) -> u64 {

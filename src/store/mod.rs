@@ -87,13 +87,6 @@ pub struct RefreshStatus {
     pub next_attempt: i64,
 }
 
-/// All stored tokens, and members of the active set whose key has expired.
-#[derive(Debug, Default)]
-pub struct Listing {
-    pub tokens: Vec<(TokenKey, TokenRecord)>,
-    pub dangling: Vec<String>,
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("redis: {0}")]
@@ -178,7 +171,7 @@ impl Store {
     }
 
     /// Every stored token (for the list endpoint; the sweep does not use it).
-    pub async fn list(&self) -> Result<Listing, StoreError> {
+    pub async fn list(&self) -> Result<Vec<(TokenKey, TokenRecord)>, StoreError> {
         each!(self, s => s.list().await, s.list())
     }
 

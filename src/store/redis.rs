@@ -1,6 +1,6 @@
 //! The Redis store, in the exact layout of SPEC §4.
 
-use super::{Keys, Listing, PutOutcome, RefreshStatus, SECRET_TTL_SECS, StoreError, TokenRecord};
+use super::{Keys, PutOutcome, RefreshStatus, SECRET_TTL_SECS, StoreError, TokenRecord};
 use crate::callers::AuditRecord;
 use crate::clock::unix_now;
 use crate::config::{Config, ConfigError};
@@ -255,7 +255,7 @@ impl RedisStore {
         Ok(removed > 0)
     }
 
-    pub async fn list(&self) -> Result<Listing, StoreError> {
+    pub async fn list(&self) -> Result<Vec<(TokenKey, TokenRecord)>, StoreError> {
         let active = self.keys.active();
         let mut members: Vec<String> = self
             .run(|mut c| {
@@ -264,7 +264,7 @@ impl RedisStore {
             })
             .await?;
         members.sort();
-        let mut listing = Listing::default();
+        let mut listing = Vec::new();
         for batch in members.chunks(LIST_BATCH) {
             let values: Vec<Option<String>> = self
                 .run(|mut c| async move { redis::cmd("MGET").arg(batch).query_async(&mut c).await })
@@ -273,9 +273,11 @@ impl RedisStore {
                 let Some(key) = self.keys.parse_token(name) else {
                     continue;
                 };
+                // A key that expired since SMEMBERS is simply not listed; the sweep
+                // prunes it from the active set.
                 match value.map(|json| parse_record(name, &json)) {
-                    None => listing.dangling.push(name.clone()),
-                    Some(Ok(record)) => listing.tokens.push((key, record)),
+                    None => {}
+                    Some(Ok(record)) => listing.push((key, record)),
                     Some(Err(e)) => tracing::warn!(error = %e, "skipping unreadable token"),
                 }
             }
