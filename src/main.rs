@@ -152,11 +152,11 @@ fn init_tracing() -> BufferedStderr {
         default_hook(info);
     }));
     let writer = logs.clone();
-    // No colour codes when the host (or a pipe) collects the output.
+    // Plain text (tracing-subscriber is built without colour support): the host
+    // collects the output, and escape codes would land in Application Insights.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(move || writer.clone())
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     logs
 }

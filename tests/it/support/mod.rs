@@ -36,7 +36,6 @@ fn init_logging() {
         if let Ok(file) = std::fs::File::create(path) {
             let _ = tracing_subscriber::fmt()
                 .with_writer(std::sync::Mutex::new(file))
-                .with_ansi(false)
                 .with_max_level(tracing::Level::DEBUG)
                 .try_init();
         }
