@@ -23,3 +23,6 @@ mkdir -p "$logs"
 # Benchmarks are compiled by clippy above and run on demand (BENCHMARKS.md), not here.
 cargo test --lib --bins --tests --locked 2>&1 | tee "$logs/cargo-test.out"
 scripts/check-secrets.sh "$logs"
+# The deployment package: built as release, then its listing checked.
+scripts/package.sh
+python3 scripts/check-package.py dist/token-broker.zip
