@@ -152,12 +152,20 @@ fn init_tracing() -> BufferedStderr {
         default_hook(info);
     }));
     let writer = logs.clone();
-    // Plain text (tracing-subscriber is built without colour support): the host
-    // collects the output, and escape codes would land in Application Insights.
-    tracing_subscriber::fmt()
+    // JSON lines with LOG_FORMAT=json (what Application Insights ingests through
+    // the host); plain text otherwise, without colour codes either way.
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(move || writer.clone())
-        .init();
+        .with_writer(move || writer.clone());
+    if std::env::var("LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json")) {
+        builder
+            .json()
+            .with_current_span(false)
+            .with_span_list(false)
+            .init();
+    } else {
+        builder.init();
+    }
     logs
 }
 

@@ -391,3 +391,38 @@ async fn sweep_mode_prints_its_summary_and_fails_without_redis() {
     assert!(!status.success());
     assert!(logs.contains("sweep could not run"), "{logs}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn log_format_json_writes_one_json_object_per_line() {
+    let redis = RedisServer::start();
+    let idp = Idp::start().await;
+    let keys = Keys::new();
+    let port = free_port();
+    let mut env = handler_env(&redis, &idp, &keys);
+    env.push(("LOG_FORMAT".into(), "json".into()));
+    let mut handler = Handler::start(&["serve", "--port", &port.to_string()], &env, port);
+    handler.wait_for_probe().await;
+    let response = reqwest::Client::new()
+        .get(handler.url(&format!("/api/tokens/{GRAPH_ENCODED}")))
+        .bearer_auth(&keys.reader)
+        .header("x-request-id", "json-log-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(handler.terminate().success());
+    let logs = handler.logs();
+    let lines: Vec<Value> = logs
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not a JSON line: {l}")))
+        .collect();
+    let read = lines
+        .iter()
+        .find(|l| l["target"] == "audit" && l["fields"]["action"] == "read")
+        .unwrap_or_else(|| panic!("no audit event for the read: {logs}"));
+    assert_eq!(read["fields"]["caller"], "reader-app");
+    assert_eq!(read["fields"]["request_id"], "json-log-1");
+    assert_eq!(read["fields"]["token_fp"].as_str().unwrap().len(), 12);
+    assert_eq!(read["level"], "INFO");
+}
