@@ -185,6 +185,17 @@ pub async fn health(State(app): State<AppState>) -> Response {
     if let Some(cache) = cache {
         body["cache"] = json!({"entries": cached, "live": cache.is_live()});
     }
+    // Readiness detail beyond the seed's four fields.
+    let seen = app.refresher.idp_seen();
+    body["identity_provider"] = json!({
+        "last_success": seen.last_success,
+        "last_error": seen.last_error.map(|(at, error)| json!({"at": at, "error": error})),
+    });
+    let soonest = match reachable {
+        true => store.soonest_expiry().await.ok().flatten(),
+        false => None,
+    };
+    body["soonest_expiry_in"] = json!(soonest.map(|at| at - unix_now()));
     let code = if healthy {
         StatusCode::OK
     } else {

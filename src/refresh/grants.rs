@@ -146,7 +146,9 @@ impl Refresher {
         let requested_at_ms = unix_now_ms();
         let (acquired, how) = match grant {
             UserGrant::Assertion(assertion) => {
-                let acquired = self.identity.on_behalf_of(key.scope(), &assertion).await?;
+                let result = self.identity.on_behalf_of(key.scope(), &assertion).await;
+                self.saw_idp(result.as_ref().map(|_| ()));
+                let acquired = result?;
                 (acquired, Acquisition::OnBehalfOf)
             }
             UserGrant::Tokens {

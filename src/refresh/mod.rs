@@ -110,6 +110,15 @@ pub struct Refresher {
     undecryptable: AtomicU64,
     /// Served tokens, in front of Redis (none for the memory store: it is in-process).
     cache: Option<TokenCache>,
+    /// The identity provider as this instance last saw it, for health.
+    idp: Mutex<IdpSeen>,
+}
+
+/// When the identity provider last answered with a token, and its last error.
+#[derive(Debug, Clone, Default)]
+pub struct IdpSeen {
+    pub last_success: Option<i64>,
+    pub last_error: Option<(i64, String)>,
 }
 
 /// Entries and bytes of served bodies the cache holds at most: a few thousand
@@ -127,6 +136,7 @@ impl Refresher {
         let cache =
             matches!(store, Store::Redis(_)).then(|| TokenCache::new(CACHE_ENTRIES, CACHE_BYTES));
         Self {
+            idp: Mutex::default(),
             cache,
             sealer,
             undecryptable: AtomicU64::new(0),
@@ -170,6 +180,20 @@ impl Refresher {
                 tracing::warn!(%error, "could not append to the audit stream");
             }
         }
+    }
+
+    /// Records an identity-provider answer for health.
+    pub(crate) fn saw_idp(&self, result: Result<(), &IdpError>) {
+        let mut seen = self.idp.lock().unwrap_or_else(|p| p.into_inner());
+        match result {
+            Ok(()) => seen.last_success = Some(unix_now()),
+            Err(error) => seen.last_error = Some((unix_now(), error.to_string())),
+        }
+    }
+
+    /// The identity provider as this instance last saw it.
+    pub fn idp_seen(&self) -> IdpSeen {
+        self.idp.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Stored refresh tokens this instance could not decrypt since it started.
@@ -519,6 +543,7 @@ impl Refresher {
                 )
             }
         };
+        self.saw_idp(result.as_ref().map(|_| ()));
         match result {
             Ok(acquired) => {
                 self.store_acquired(key, acquired, requested_at_ms, how)

@@ -36,6 +36,12 @@ impl Keys {
         format!("{}tokens:schedule", self.ns)
     }
 
+    /// Sorted set of full token keys by their `expires_on`: the soonest expiry for
+    /// health, in one range query.
+    pub fn expiry(&self) -> String {
+        format!("{}tokens:expiry", self.ns)
+    }
+
     /// Sorted set of full token keys by the Unix second they were last read, so
     /// on-demand scopes nobody reads any more stop being refreshed.
     pub fn reads(&self) -> String {

@@ -113,6 +113,16 @@ impl MemoryStore {
         tokens
     }
 
+    pub fn soonest_expiry(&self) -> Option<i64> {
+        let now = unix_now();
+        self.lock()
+            .tokens
+            .values()
+            .map(|r| r.expires_on)
+            .filter(|at| *at > now)
+            .min()
+    }
+
     pub fn active_count(&self) -> u64 {
         let now = unix_now();
         self.lock()

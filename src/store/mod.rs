@@ -175,6 +175,11 @@ impl Store {
         each!(self, s => s.list().await, s.list())
     }
 
+    /// `expires_on` of the stored token that expires first.
+    pub async fn soonest_expiry(&self) -> Result<Option<i64>, StoreError> {
+        each!(self, s => s.soonest_expiry().await, s.soonest_expiry())
+    }
+
     pub async fn active_count(&self) -> Result<u64, StoreError> {
         each!(self, s => s.active_count().await, s.active_count())
     }

@@ -40,6 +40,7 @@ redis.call('SET', KEYS[1], ARGV[1] .. ',"refresh_count":' .. count .. '}', 'EX',
 redis.call('SADD', KEYS[2], KEYS[1])
 redis.call('ZADD', KEYS[3], ARGV[5], KEYS[1])
 redis.call('DEL', KEYS[4])
+redis.call('ZADD', KEYS[5], ARGV[7], KEYS[1])
 redis.call('PUBLISH', ARGV[6], KEYS[1])
 return {1, count}
 "#;
@@ -212,12 +213,14 @@ impl RedisStore {
                     .key(&active)
                     .key(&schedule)
                     .key(&status)
+                    .key(self.keys.expiry())
                     .arg(open)
                     .arg(record.token.expose())
                     .arg(record.requested_at_ms)
                     .arg(ttl)
                     .arg(due_at)
-                    .arg(&events);
+                    .arg(&events)
+                    .arg(record.expires_on);
                 async move { invocation.invoke_async(&mut c).await }
             })
             .await?;
@@ -246,6 +249,8 @@ impl RedisStore {
                     .zrem(self.keys.schedule(), &token)
                     .ignore()
                     .zrem(self.keys.reads(), &token)
+                    .ignore()
+                    .zrem(self.keys.expiry(), &token)
                     .ignore()
                     .publish(self.keys.events(), &token)
                     .ignore();
@@ -319,6 +324,8 @@ impl RedisStore {
                 pipe.srem(self.keys.active(), full_keys)
                     .ignore()
                     .zrem(self.keys.reads(), full_keys)
+                    .ignore()
+                    .zrem(self.keys.expiry(), full_keys)
                     .ignore();
             }
             async move { pipe.query_async::<()>(&mut c).await }
@@ -367,15 +374,21 @@ impl RedisStore {
                 .filter_map(|(member, exists)| (!exists).then_some(member))
                 .collect();
         }
+        let now = unix_now();
         self.run(|mut c| {
             let mut pipe = redis::pipe();
-            pipe.set(&cursor_key, next).ignore();
+            pipe.set(&cursor_key, next)
+                .ignore()
+                .zrembyscore(self.keys.expiry(), "-inf", now)
+                .ignore();
             if !gone.is_empty() {
                 pipe.srem(&active, &gone)
                     .ignore()
                     .zrem(self.keys.schedule(), &gone)
                     .ignore()
                     .zrem(self.keys.reads(), &gone)
+                    .ignore()
+                    .zrem(self.keys.expiry(), &gone)
                     .ignore();
             }
             async move { pipe.query_async::<()>(&mut c).await }
@@ -648,6 +661,24 @@ impl RedisStore {
                 ),
             ))),
         }
+    }
+
+    /// `expires_on` of the token that expires first. Read-only (health calls it):
+    /// entries of tokens that already expired are skipped here and removed by the
+    /// sweep's prune step.
+    pub async fn soonest_expiry(&self) -> Result<Option<i64>, StoreError> {
+        let expiry = self.keys.expiry();
+        let after = format!("({}", unix_now());
+        let first: Vec<(String, f64)> = self
+            .run(|mut c| {
+                let (expiry, after) = (expiry.clone(), after.clone());
+                async move {
+                    c.zrangebyscore_limit_withscores(expiry, after, "+inf", 0, 1)
+                        .await
+                }
+            })
+            .await?;
+        Ok(first.first().map(|(_, at)| *at as i64))
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {

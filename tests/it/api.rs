@@ -304,6 +304,14 @@ async fn identity_provider_outage_without_a_stored_token_is_503_with_retry_after
         !body.to_string().contains("injected"),
         "Entra's description is not echoed"
     );
+    let (_, health) = app.get("/api/tokens/health", None).await;
+    let last_error = health["identity_provider"]["last_error"]["error"]
+        .as_str()
+        .unwrap();
+    assert!(
+        last_error.contains("503") && last_error.contains("AADSTS90006"),
+        "{health}"
+    );
 
     app.idp.set_outage(None);
     app.idp.fail_next(Failure::throttled(2));
@@ -637,6 +645,7 @@ async fn delete_removes_the_token_its_secret_and_its_index_entry() {
         vec![
             "annika:tokens:active".to_owned(),
             format!("annika:tokens:agent:{GRAPH}"),
+            "annika:tokens:expiry".to_owned(),
             "annika:tokens:schedule".to_owned(),
             format!("annika:tokens:secret:agent:{GRAPH}"),
         ]
@@ -717,6 +726,14 @@ async fn health_follows_redis() {
     assert_eq!(body["redis_connected"], true);
     assert_eq!(body["active_token_count"], 1);
     assert!(body["timestamp"].as_i64().unwrap() > 1_700_000_000);
+    // Readiness detail: the soonest expiry and the identity provider's last answer.
+    let soonest = body["soonest_expiry_in"].as_i64().unwrap();
+    assert!((3500..=3600).contains(&soonest), "{body}");
+    assert!(
+        body["identity_provider"]["last_success"].as_i64().is_some(),
+        "{body}"
+    );
+    assert!(body["identity_provider"]["last_error"].is_null(), "{body}");
 
     app.redis.stop();
     let (status, body) = app.get("/api/tokens/health", None).await;
