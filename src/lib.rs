@@ -10,6 +10,7 @@ pub mod config;
 pub mod domain;
 pub mod functions;
 pub mod identity;
+pub mod metrics;
 pub mod refresh;
 pub mod secret;
 pub mod server;

@@ -26,6 +26,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/tokens/", get(tokens::list_or_get))
         .route("/api/tokens/health", get(tokens::health))
         .route("/api/tokens/openapi.json", get(openapi))
+        .route("/api/tokens/metrics", get(tokens::metrics))
         .route("/api/tokens/refresh/{*scope}", post(tokens::refresh))
         .route(
             "/api/tokens/{*scope}",
@@ -37,7 +38,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::no_route() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .layer(axum::middleware::from_fn(edge))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), edge))
         .with_state(state)
 }
 
@@ -49,6 +50,7 @@ pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 /// caller's `x-request-id`, or a new one) in a span, in audit events and in the
 /// answer's `x-request-id`.
 async fn edge(
+    axum::extract::State(state): axum::extract::State<AppState>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
@@ -68,6 +70,15 @@ async fn edge(
         .into_response();
     }
     let id = request_id(request.headers());
+    // The route template, never the path: scopes and users stay out of labels.
+    // Braces are dropped (`/api/tokens/*scope`): some text-format parsers stop a
+    // label value at the first `}`.
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("unmatched".to_owned(), |m| {
+            m.as_str().replace(['{', '}'], "")
+        });
     let path = request.uri().path();
     // Debug level: audit events carry the request id themselves, and an info span
     // would be formatted for every request.
@@ -84,6 +95,13 @@ async fn edge(
     if let Ok(value) = axum::http::HeaderValue::from_str(&id) {
         response.headers_mut().insert("x-request-id", value);
     }
+    let status = response.status().as_u16();
+    state
+        .refresher
+        .metrics
+        .requests
+        .get_or_create(&crate::metrics::RequestLabels { route, status })
+        .inc();
     response
 }
 

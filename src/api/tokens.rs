@@ -376,3 +376,24 @@ pub async fn put_token(
         }
     }
 }
+
+/// `GET /api/tokens/metrics`: Prometheus (OpenMetrics) text, for any valid key.
+pub async fn metrics(State(app): State<AppState>, Authed(_caller): Authed) -> Response {
+    let store = app.refresher.store();
+    let metrics = &app.refresher.metrics;
+    if let Ok(count) = store.active_count().await {
+        metrics.tokens_stored.set(count as i64);
+    }
+    let soonest = store.soonest_expiry().await.ok().flatten();
+    metrics
+        .soonest_expiry_seconds
+        .set(soonest.map_or(-1, |at| at - unix_now()));
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        metrics.encode(),
+    )
+        .into_response()
+}

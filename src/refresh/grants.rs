@@ -147,7 +147,7 @@ impl Refresher {
         let (acquired, how) = match grant {
             UserGrant::Assertion(assertion) => {
                 let result = self.identity.on_behalf_of(key.scope(), &assertion).await;
-                self.saw_idp(result.as_ref().map(|_| ()));
+                self.saw_idp(Acquisition::OnBehalfOf.flow(), result.as_ref().map(|_| ()));
                 let acquired = result?;
                 (acquired, Acquisition::OnBehalfOf)
             }

@@ -112,6 +112,8 @@ pub struct Refresher {
     cache: Option<TokenCache>,
     /// The identity provider as this instance last saw it, for health.
     idp: Mutex<IdpSeen>,
+    /// Counters and histograms for `/api/tokens/metrics`.
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// When the identity provider last answered with a token, and its last error.
@@ -136,6 +138,7 @@ impl Refresher {
         let cache =
             matches!(store, Store::Redis(_)).then(|| TokenCache::new(CACHE_ENTRIES, CACHE_BYTES));
         Self {
+            metrics: crate::metrics::Metrics::default(),
             idp: Mutex::default(),
             cache,
             sealer,
@@ -182,8 +185,18 @@ impl Refresher {
         }
     }
 
-    /// Records an identity-provider answer for health.
-    pub(crate) fn saw_idp(&self, result: Result<(), &IdpError>) {
+    /// Records an identity-provider answer for health and metrics.
+    pub(crate) fn saw_idp(&self, flow: &'static str, result: Result<(), &IdpError>) {
+        let outcome = match result {
+            Ok(()) => "ok",
+            Err(IdpError::Rejected { .. } | IdpError::NotConfigured) => "rejected",
+            Err(IdpError::Unavailable { .. }) => "unavailable",
+            Err(IdpError::Unreachable(_) | IdpError::Protocol(_)) => "unreachable",
+        };
+        self.metrics
+            .idp_requests
+            .get_or_create(&crate::metrics::IdpLabels { flow, outcome })
+            .inc();
         let mut seen = self.idp.lock().unwrap_or_else(|p| p.into_inner());
         match result {
             Ok(()) => seen.last_success = Some(unix_now()),
@@ -227,8 +240,16 @@ impl Refresher {
         key: &TokenKey,
         min_validity: u64,
     ) -> Result<Option<Arc<Served>>, RefreshError> {
-        if let Some(hit) = self.cache.as_ref().and_then(|c| c.get(key, min_validity)) {
-            return Ok(Some(hit));
+        if let Some(cache) = &self.cache {
+            let hit = cache.get(key, min_validity);
+            let result = if hit.is_some() { "hit" } else { "miss" };
+            self.metrics
+                .cache
+                .get_or_create(&crate::metrics::ResultLabels { result })
+                .inc();
+            if hit.is_some() {
+                return Ok(hit);
+            }
         }
         let arrived = Instant::now();
         let good = move |r: &TokenRecord| r.seconds_left(unix_now()) >= min_validity as i64;
@@ -466,6 +487,7 @@ impl Refresher {
     }
 
     async fn wait_for_lease(&self, key: &TokenKey, deadline: Instant) -> Result<(), RefreshError> {
+        self.metrics.lease_waits.inc();
         let mut pause = Duration::from_millis(10);
         while self.store.lease_held(key).await? {
             if Instant::now() >= deadline {
@@ -504,10 +526,15 @@ impl Refresher {
                 }
             }
         };
-        tokio::select! {
+        let started = Instant::now();
+        let result = tokio::select! {
             result = self.acquire_and_store(key) => result.map(|record| Landed { record, requested: true }),
             never = renew => never,
-        }
+        };
+        self.metrics
+            .refresh_seconds
+            .observe(started.elapsed().as_secs_f64());
+        result
     }
 
     async fn acquire_and_store(&self, key: &TokenKey) -> Result<TokenRecord, RefreshError> {
@@ -543,7 +570,11 @@ impl Refresher {
                 )
             }
         };
-        self.saw_idp(result.as_ref().map(|_| ()));
+        let flow = match how {
+            Acquisition::Agent => self.identity.flow_name(),
+            other => other.flow(),
+        };
+        self.saw_idp(flow, result.as_ref().map(|_| ()));
         match result {
             Ok(acquired) => {
                 self.store_acquired(key, acquired, requested_at_ms, how)

@@ -204,6 +204,9 @@ impl Refresher {
         // Nothing to refresh them with: served until they expire, not retried.
         self.store.unschedule(&ungranted, false).await?;
         summary.duration_ms = started.elapsed().as_millis() as u64;
+        self.metrics
+            .sweep_seconds
+            .observe(started.elapsed().as_secs_f64());
         summary.round_trips = self.store.round_trips() - trips_before;
         Ok(summary)
     }

@@ -428,12 +428,13 @@ async fn the_openapi_description_matches_what_the_service_serves() {
             exercised += 1;
         }
     }
-    assert_eq!(exercised, 7, "every documented operation was exercised");
+    assert_eq!(exercised, 8, "every documented operation was exercised");
     // And every route the service has is documented (the host's routes included).
     for (method, path) in [
         ("get", "/api/tokens"),
         ("get", "/api/tokens/health"),
         ("get", "/api/tokens/openapi.json"),
+        ("get", "/api/tokens/metrics"),
         ("get", "/api/tokens/{scope}"),
         ("put", "/api/tokens/{scope}"),
         ("delete", "/api/tokens/{scope}"),

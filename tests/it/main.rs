@@ -8,5 +8,6 @@ mod cache;
 mod hardening;
 mod host;
 mod layout;
+mod metrics;
 mod refresh;
 mod users;
