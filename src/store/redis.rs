@@ -162,6 +162,12 @@ impl RedisStore {
         raw.map(|json| parse_record(&name, &json)).transpose()
     }
 
+    /// One MGET: the values of `names`, in order, `None` where a key is missing.
+    async fn mget(&self, names: &[String]) -> RedisResult<Vec<Option<String>>> {
+        self.run(|mut c| async move { redis::cmd("MGET").arg(names).query_async(&mut c).await })
+            .await
+    }
+
     pub async fn get_many(
         &self,
         keys: &[TokenKey],
@@ -170,12 +176,7 @@ impl RedisStore {
             return Ok(Vec::new());
         }
         let names: Vec<String> = keys.iter().map(|k| self.keys.token(k)).collect();
-        let values: Vec<Option<String>> = self
-            .run(|mut c| {
-                let names = &names;
-                async move { redis::cmd("MGET").arg(names).query_async(&mut c).await }
-            })
-            .await?;
+        let values = self.mget(&names).await?;
         names
             .iter()
             .zip(values)
@@ -271,9 +272,7 @@ impl RedisStore {
         members.sort();
         let mut listing = Vec::new();
         for batch in members.chunks(LIST_BATCH) {
-            let values: Vec<Option<String>> = self
-                .run(|mut c| async move { redis::cmd("MGET").arg(batch).query_async(&mut c).await })
-                .await?;
+            let values = self.mget(batch).await?;
             for (name, value) in batch.iter().zip(values) {
                 let Some(key) = self.keys.parse_token(name) else {
                     continue;
@@ -476,12 +475,7 @@ impl RedisStore {
             return Ok(Vec::new());
         }
         let names: Vec<String> = keys.iter().map(|k| self.keys.status(k)).collect();
-        let values: Vec<Option<String>> = self
-            .run(|mut c| {
-                let names = &names;
-                async move { redis::cmd("MGET").arg(names).query_async(&mut c).await }
-            })
-            .await?;
+        let values = self.mget(&names).await?;
         // A status that does not parse is treated as none: it only delays retries.
         Ok(values
             .into_iter()
