@@ -13,7 +13,7 @@ use crate::secret::Secret;
 use crate::store::TokenRecord;
 use axum::body::Bytes;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 /// A token as the API serves it.
@@ -53,25 +53,54 @@ impl Served {
     }
 }
 
+/// Invalidation generations are kept per stripe of keys, not per key, so that
+/// remembering them costs fixed memory; a shared stripe only costs a skipped insert.
+const STRIPES: usize = 256;
+
 /// Bounded in entries and in bytes of served bodies.
+///
+/// A read that misses takes a [`Ticket`] before asking Redis and inserts with it:
+/// the insert is refused when the key was invalidated after the ticket was taken,
+/// because what that read fetched may predate the write behind the invalidation
+/// (a token deleted or force-refreshed meanwhile must not come back from a slow
+/// reader).
 pub struct TokenCache {
     entries: RwLock<Entries>,
     live: AtomicBool,
+    generation: AtomicU64,
     max_entries: usize,
     max_bytes: usize,
 }
 
-#[derive(Default)]
 struct Entries {
     map: HashMap<TokenKey, Arc<Served>>,
     bytes: usize,
+    /// The generation of the last invalidation of any key of each stripe.
+    stripes: [u64; STRIPES],
+    /// Tickets older than this are refused: everything was dropped at it.
+    floor: u64,
+}
+
+/// See [`TokenCache::ticket`].
+#[derive(Debug, Clone, Copy)]
+pub struct Ticket(u64);
+
+fn stripe(key: &TokenKey) -> usize {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(key) as usize % STRIPES
 }
 
 impl TokenCache {
     pub fn new(max_entries: usize, max_bytes: usize) -> Self {
         Self {
-            entries: RwLock::default(),
+            entries: RwLock::new(Entries {
+                map: HashMap::new(),
+                bytes: 0,
+                stripes: [0; STRIPES],
+                floor: 0,
+            }),
             live: AtomicBool::new(false),
+            generation: AtomicU64::new(0),
             max_entries,
             max_bytes,
         }
@@ -96,12 +125,21 @@ impl TokenCache {
             .cloned()
     }
 
-    pub fn insert(&self, key: &TokenKey, served: Arc<Served>) {
+    /// Taken before reading what will be inserted.
+    pub fn ticket(&self) -> Ticket {
+        Ticket(self.generation.load(Ordering::SeqCst))
+    }
+
+    /// Keeps `served` unless `key` was invalidated since `ticket` was taken.
+    pub fn insert(&self, key: &TokenKey, served: Arc<Served>, ticket: Ticket) {
         let size = served.body.len();
         if size > self.max_bytes / 16 {
             return;
         }
         let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
+        if ticket.0 < entries.floor || entries.stripes[stripe(key)] > ticket.0 {
+            return;
+        }
         if let Some(old) = entries.map.remove(key) {
             entries.bytes -= old.body.len();
         }
@@ -122,6 +160,7 @@ impl TokenCache {
 
     pub fn invalidate(&self, key: &TokenKey) {
         let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
+        entries.stripes[stripe(key)] = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
         if let Some(old) = entries.map.remove(key) {
             entries.bytes -= old.body.len();
         }
@@ -135,6 +174,7 @@ impl TokenCache {
             let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
             entries.map.clear();
             entries.bytes = 0;
+            entries.floor = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
         }
         self.live.store(live, Ordering::Release);
     }
@@ -184,7 +224,7 @@ mod tests {
         let cache = TokenCache::new(10, 1 << 20);
         cache.set_live(true);
         let now = unix_now();
-        cache.insert(&key("A"), served("a", now + 100));
+        cache.insert(&key("A"), served("a", now + 100), cache.ticket());
         assert!(cache.get(&key("A"), 50).is_some());
         assert!(
             cache.get(&key("A"), 101).is_none(),
@@ -205,17 +245,47 @@ mod tests {
         cache.set_live(true);
         let now = unix_now();
         for i in 0..10 {
-            cache.insert(&key(&format!("S{i}")), served("t", now + 100));
+            cache.insert(
+                &key(&format!("S{i}")),
+                served("t", now + 100),
+                cache.ticket(),
+            );
             assert!(cache.len() <= 3);
         }
         let small = TokenCache::new(100, 16 * 200);
         small.set_live(true);
         for i in 0..100 {
-            small.insert(&key(&format!("S{i}")), served(&"x".repeat(150), now + 100));
+            small.insert(
+                &key(&format!("S{i}")),
+                served(&"x".repeat(150), now + 100),
+                small.ticket(),
+            );
             let bytes = small.entries.read().unwrap().bytes;
             assert!(bytes <= 16 * 200, "{bytes}");
         }
         cache.invalidate(&key("S9"));
         assert!(cache.get(&key("S9"), 0).is_none());
+    }
+
+    #[test]
+    fn a_reader_that_started_before_an_invalidation_cannot_insert() {
+        let cache = TokenCache::new(10, 1 << 20);
+        cache.set_live(true);
+        let now = unix_now();
+        let slow_reader = cache.ticket();
+        // Meanwhile the token is deleted or refreshed elsewhere.
+        cache.invalidate(&key("A"));
+        cache.insert(&key("A"), served("old", now + 100), slow_reader);
+        assert!(cache.get(&key("A"), 0).is_none(), "stale read kept");
+        // A reader that started after it may insert; other keys are unaffected.
+        cache.insert(&key("A"), served("new", now + 100), cache.ticket());
+        assert!(cache.get(&key("A"), 0).is_some());
+        let before_clear = cache.ticket();
+        cache.set_live(true);
+        cache.insert(&key("B"), served("b", now + 100), before_clear);
+        assert!(
+            cache.get(&key("B"), 0).is_none(),
+            "older than the last clear"
+        );
     }
 }

@@ -14,7 +14,7 @@ pub use self::schedule::{backoff, due_at};
 pub use self::sweep::SweepSummary;
 
 use self::grants::{Acquisition, Grant};
-use crate::cache::{Served, TokenCache};
+use crate::cache::{Served, Ticket, TokenCache};
 use crate::callers::Outcome;
 use crate::clock::{unix_now, unix_now_ms};
 use crate::domain::{Scope, TokenKey};
@@ -252,6 +252,7 @@ impl Refresher {
             }
         }
         let arrived = Instant::now();
+        let ticket = self.cache.as_ref().map(TokenCache::ticket);
         let good = move |r: &TokenRecord| r.seconds_left(unix_now()) >= min_validity as i64;
         let stored = match self.store.get(key).await {
             Ok(stored) => stored,
@@ -265,7 +266,7 @@ impl Refresher {
             }
         };
         if let Some(record) = stored.as_ref().filter(|r| good(r)) {
-            return Ok(Some(self.remember(key, record)));
+            return Ok(Some(self.remember(key, record, ticket)));
         }
         // A token that is stored but too short-lived is renewed even when on-demand
         // acquisition is off: the service already owns that key.
@@ -273,18 +274,24 @@ impl Refresher {
             return Ok(None);
         }
         match self.flight(key, arrived, good).await {
-            Ok(landed) => Ok(Some(self.remember(key, &landed.record))),
+            Ok(landed) => Ok(Some(self.remember(key, &landed.record, ticket))),
             // A user token that cannot be renewed is not served below its minimum.
             Err(RefreshError::NoGrant { .. } | RefreshError::GrantRevoked) => Ok(None),
             Err(error) => Err(error),
         }
     }
 
-    /// The served form of `record`, kept in the cache.
-    fn remember(&self, key: &TokenKey, record: &TokenRecord) -> Arc<Served> {
+    /// The served form of `record`, kept in the cache unless `key` changed since
+    /// `ticket` was taken (see [`TokenCache`]).
+    fn remember(
+        &self,
+        key: &TokenKey,
+        record: &TokenRecord,
+        ticket: Option<Ticket>,
+    ) -> Arc<Served> {
         let served = Arc::new(Served::new(record));
-        if let Some(cache) = &self.cache {
-            cache.insert(key, served.clone());
+        if let (Some(cache), Some(ticket)) = (&self.cache, ticket) {
+            cache.insert(key, served.clone(), ticket);
         }
         served
     }
@@ -372,6 +379,7 @@ impl Refresher {
         key: &TokenKey,
     ) -> Result<Option<TokenRecord>, RefreshError> {
         let arrived = Instant::now();
+        let ticket = self.cache.as_ref().map(TokenCache::ticket);
         let before = self.store.get(key).await?;
         if !self.may_acquire(key) && before.is_none() {
             // A user token is refreshed with the user's own grant, never with the
@@ -380,9 +388,9 @@ impl Refresher {
         }
         let before = before.map(|r| r.token);
         let landed = self.flight(key, arrived, replaces(before)).await?;
-        // This instance serves the new token at once; others drop theirs when the
-        // change event reaches them.
-        self.remember(key, &landed.record);
+        // This instance serves the new token at once (unless a later change has
+        // already been heard of); others drop theirs when the change event reaches them.
+        self.remember(key, &landed.record, ticket);
         Ok(Some(landed.record))
     }
 

@@ -4,7 +4,7 @@ use crate::support::*;
 use redis::Commands;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use token_broker::domain::{Scope, TokenKey};
 
 fn dbsize(app: &TestApp) -> u64 {
@@ -735,28 +735,42 @@ async fn health_follows_redis() {
     );
     assert!(body["identity_provider"]["last_error"].is_null(), "{body}");
 
+    // A second instance that only reads: its cache holds Graph and no change event
+    // is on its way to drop it (the first instance's own write may still be).
+    let twin = app.twin().await;
+    let twin_cache = || twin.state.refresher.cache().expect("cache on");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !twin_cache().is_live() {
+        assert!(
+            Instant::now() < deadline,
+            "the twin's cache never went live"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let twin_url = |path: &str| format!("http://{}{path}", twin.addr);
+    let graph = twin_url(&format!("/api/tokens/{GRAPH_ENCODED}"));
+    let (status, _, _) = send(&app.http, Method::GET, &graph, Some(&app.keys.reader)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(twin_cache().len(), 1);
+
     app.redis.stop();
-    let (status, body) = app.get("/api/tokens/health", None).await;
+    let health = twin_url("/api/tokens/health");
+    let (status, body, _) = send(&app.http, Method::GET, &health, None).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(
         body["status"], "degraded",
         "cached tokens are still served: {body}"
     );
     assert_eq!(body["redis_connected"], false);
-    let (status, _) = app
-        .get(
-            &format!("/api/tokens/{GRAPH_ENCODED}"),
-            Some(&app.keys.reader),
-        )
-        .await;
+    let (status, _, _) = send(&app.http, Method::GET, &graph, Some(&app.keys.reader)).await;
     assert_eq!(
         status,
         StatusCode::OK,
         "a still-valid cached token is served without Redis"
     );
-    let (status, body, headers) = app
-        .send(Method::GET, "/api/tokens/User.Read", Some(&app.keys.reader))
-        .await;
+    let user_read = twin_url("/api/tokens/User.Read");
+    let (status, body, headers) =
+        send(&app.http, Method::GET, &user_read, Some(&app.keys.reader)).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(body["error"], "Token store unavailable");
     assert!(headers.contains_key("retry-after"));

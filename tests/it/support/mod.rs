@@ -83,9 +83,43 @@ pub struct TestApp {
     pub idp: Idp,
     pub keys: Keys,
     pub http: reqwest::Client,
-    _stop: tokio::sync::oneshot::Sender<()>,
-    _invalidation_stop: tokio::sync::watch::Sender<bool>,
+    vars: Vec<(String, String)>,
+    _stops: Stops,
     sweeper: Option<tokio::sync::watch::Sender<bool>>,
+}
+
+/// Dropped with the instance: stops its server and its change-event listener.
+struct Stops {
+    _server: tokio::sync::oneshot::Sender<()>,
+    _invalidation: tokio::sync::watch::Sender<bool>,
+}
+
+/// The service with configuration `vars`, serving on a new loopback port.
+async fn start_instance(vars: Vec<(String, String)>) -> (SocketAddr, AppState, Stops) {
+    let config = Config::from_vars(vars).expect("test config");
+    let state = AppState::build(&config, Issuer::Entra).expect("app state");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(token_broker::serve(listener, state.clone(), async {
+        let _ = stopped.await;
+    }));
+    // As the binary does: the cache is trusted only while this listens.
+    let (invalidation_stop, invalidation_stopped) = tokio::sync::watch::channel(false);
+    state.refresher.spawn_invalidation(invalidation_stopped);
+    let stops = Stops {
+        _server: stop,
+        _invalidation: invalidation_stop,
+    };
+    (addr, state, stops)
+}
+
+/// A second instance of a [`TestApp`]'s service: same configuration, same Redis
+/// and identity provider, its own cache.
+pub struct Twin {
+    pub addr: SocketAddr,
+    pub state: AppState,
+    _stops: Stops,
 }
 
 impl TestApp {
@@ -106,17 +140,7 @@ impl TestApp {
             vars.retain(|(k, _)| k != name);
             vars.push((name.to_string(), value.to_string()));
         }
-        let config = Config::from_vars(vars).expect("test config");
-        let state = AppState::build(&config, Issuer::Entra).expect("app state");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(token_broker::serve(listener, state.clone(), async {
-            let _ = stopped.await;
-        }));
-        // As the binary does: the cache is trusted only while this listens.
-        let (invalidation_stop, invalidation_stopped) = tokio::sync::watch::channel(false);
-        state.refresher.spawn_invalidation(invalidation_stopped);
+        let (addr, state, stops) = start_instance(vars.clone()).await;
         Self {
             addr,
             state,
@@ -124,9 +148,18 @@ impl TestApp {
             idp,
             keys,
             http: reqwest::Client::new(),
-            _stop: stop,
-            _invalidation_stop: invalidation_stop,
+            vars,
+            _stops: stops,
             sweeper: None,
+        }
+    }
+
+    pub async fn twin(&self) -> Twin {
+        let (addr, state, stops) = start_instance(self.vars.clone()).await;
+        Twin {
+            addr,
+            state,
+            _stops: stops,
         }
     }
 
