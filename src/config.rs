@@ -41,8 +41,7 @@ pub enum AuthMode {
     None,
 }
 
-/// Where Redis is and how to log in. TLS arrives with the cluster/TLS work; until
-/// then asking for it is a start-up error rather than a silent plaintext connection.
+/// Where Redis is and how to log in.
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
     pub host: String,
@@ -50,6 +49,13 @@ pub struct RedisSettings {
     pub db: i64,
     pub username: Option<String>,
     pub password: Option<Secret>,
+    /// `REDIS_SSL`, or a `rediss://` URL.
+    pub tls: bool,
+    /// PEM certificates of the CA that signed the server's certificate
+    /// (`REDIS_CA_CERT`, a file), trusted instead of the system's roots.
+    pub ca_cert: Option<Vec<u8>>,
+    /// `REDIS_CLUSTER`: the nodes given are seeds of a Redis Cluster.
+    pub cluster: bool,
 }
 
 /// The variables exactly as envy reads them; [`Config::from_vars`] turns them into
@@ -79,6 +85,8 @@ struct RawVars {
     redis_password: Option<Secret>,
     redis_username: Option<String>,
     redis_ssl: Option<bool>,
+    redis_ca_cert: Option<String>,
+    redis_cluster: Option<bool>,
     redis_url: Option<Secret>,
     redis_namespace: Option<String>,
     token_store: Option<String>,
@@ -116,7 +124,8 @@ pub struct Config {
     /// Also append audit events to the capped stream `{ns}tokens:audit`.
     pub audit_stream: bool,
     pub redis: RedisSettings,
-    /// `REDIS_URL` when given; it overrides [`Config::redis`].
+    /// `REDIS_URL` when given; it overrides host, port, database and login of
+    /// [`Config::redis`]. With `REDIS_CLUSTER`, a comma-separated list of seed nodes.
     pub redis_url: Option<Secret>,
     pub namespace: String,
     pub store: StoreKind,
@@ -167,24 +176,36 @@ impl Config {
         if refresh_interval_secs == 0 {
             return Err(bad("TOKEN_REFRESH_INTERVAL_SECS", "must be at least 1"));
         }
-        if raw.redis_ssl == Some(true)
-            || raw
-                .redis_url
-                .as_ref()
-                .is_some_and(|u| u.expose().starts_with("rediss://"))
-        {
-            return Err(bad(
-                "REDIS_SSL",
-                "TLS to Redis is not supported by this build yet; use a loopback or private-network Redis without TLS",
-            ));
-        }
-        if let Some(url) = &raw.redis_url {
-            // The URL may carry a password: name the variable, never echo the value.
-            if !url.expose().starts_with("redis://") {
-                return Err(bad("REDIS_URL", "must start with redis://"));
+        let cluster = raw.redis_cluster.unwrap_or(false);
+        let mut tls = raw.redis_ssl.unwrap_or(false);
+        if let Some(urls) = &raw.redis_url {
+            let urls = split_urls(urls.expose());
+            if urls.len() > 1 && !cluster {
+                return Err(bad(
+                    "REDIS_URL",
+                    "holds several URLs; that is for REDIS_CLUSTER=true only",
+                ));
             }
-            redis::IntoConnectionInfo::into_connection_info(url.expose())
-                .map_err(|_| bad("REDIS_URL", "is not a valid Redis URL"))?;
+            let secure = urls.iter().filter(|u| u.starts_with("rediss://")).count();
+            if secure != 0 && secure != urls.len() {
+                return Err(bad("REDIS_URL", "mixes redis:// and rediss:// URLs"));
+            }
+            tls |= secure != 0;
+            for url in urls {
+                // The URL may carry a password: name the variable, never echo the value.
+                if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                    return Err(bad("REDIS_URL", "must start with redis:// or rediss://"));
+                }
+                redis::IntoConnectionInfo::into_connection_info(url)
+                    .map_err(|_| bad("REDIS_URL", "is not a valid Redis URL"))?;
+            }
+        }
+        let ca_cert = raw.redis_ca_cert.as_deref().map(read_ca_cert).transpose()?;
+        if ca_cert.is_some() && !tls {
+            return Err(bad(
+                "REDIS_CA_CERT",
+                "is set but TLS is off: set REDIS_SSL=true or use a rediss:// URL",
+            ));
         }
         let encryption_key = raw
             .token_encryption_key
@@ -226,6 +247,9 @@ impl Config {
                 db: raw.redis_db.unwrap_or(0),
                 username: raw.redis_username,
                 password: raw.redis_password,
+                tls,
+                ca_cert,
+                cluster,
             },
             redis_url: raw.redis_url,
             namespace,
@@ -247,14 +271,18 @@ impl Config {
         )
     }
 
-    /// The Redis host when it is not on this machine (every connection is plain
-    /// TCP in this build), for the start-up warning.
+    /// The Redis host when it is not on this machine and TLS is off, for the
+    /// start-up warning.
     pub fn redis_host_without_tls(&self) -> Option<String> {
-        let host = match &self.redis_url {
-            Some(url) => reqwest::Url::parse(url.expose())
-                .ok()?
-                .host_str()?
-                .to_owned(),
+        if self.redis.tls {
+            return None;
+        }
+        let host = match self
+            .redis_url
+            .as_ref()
+            .and_then(|u| split_urls(u.expose()).first().copied())
+        {
+            Some(url) => reqwest::Url::parse(url).ok()?.host_str()?.to_owned(),
             None => self.redis.host.clone(),
         };
         let loopback = host == "localhost"
@@ -559,4 +587,27 @@ mod tests {
         .unwrap();
         assert_eq!((c.refresh_before_secs, c.redis.port), (900, 6379));
     }
+}
+
+/// The URLs of `REDIS_URL`: one, or a comma-separated list of cluster seeds.
+pub fn split_urls(value: &str) -> Vec<&str> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect()
+}
+
+/// Reads `REDIS_CA_CERT` at start so that a wrong path is one line, not a TLS
+/// failure on first use.
+fn read_ca_cert(path: &str) -> Result<Vec<u8>, ConfigError> {
+    let pem = std::fs::read(path)
+        .map_err(|e| bad("REDIS_CA_CERT", format!("cannot read {path}: {e}")))?;
+    if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+        return Err(bad(
+            "REDIS_CA_CERT",
+            format!("{path} holds no PEM certificate"),
+        ));
+    }
+    Ok(pem)
 }

@@ -3,19 +3,26 @@
 use super::{Keys, PutOutcome, RefreshStatus, SECRET_TTL_SECS, StoreError, TokenRecord};
 use crate::callers::AuditRecord;
 use crate::clock::unix_now;
+use crate::config::split_urls;
 use crate::config::{Config, ConfigError};
 use crate::domain::TokenKey;
 use crate::secret::Secret;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncCommands, IntoConnectionInfo, RedisResult, Script};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::{ClusterClientBuilder, ClusterConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{
+    AsyncCommands, Cmd, ConnectionInfo, IntoConnectionInfo, RedisFuture, RedisResult, Script,
+    TlsCertificates, TlsMode, Value,
+};
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-/// Writes a token, its TTL and its active-set entry in one atomic step, and bumps
-/// `refresh_count` from the value it replaces. Atomic so that two writers racing
-/// cannot both read count N and both write N+1, and a slow writer whose request
-/// began before the stored token's cannot overwrite it.
+/// Writes a token with its TTL and bumps `refresh_count` from the value it
+/// replaces, in one atomic step on the token's own key. Atomic so that two writers
+/// racing cannot both read count N and both write N+1, and a slow writer whose
+/// request began before the stored token's cannot overwrite it. Returns
+/// `{written, count, changed}`: an identical token is not rewritten.
 ///
 /// The JSON arrives without its closing brace; the script appends the count. Lua's
 /// cjson would re-encode the whole document (escaping every `/` in the scope), and
@@ -28,21 +35,16 @@ if current then
   if ok and type(old) == 'table' then
     local old_count = tonumber(old.refresh_count) or 0
     if old.token == ARGV[2] then
-      return {1, old_count}
+      return {1, old_count, 0}
     end
     if (tonumber(old.requested_at_ms) or 0) > tonumber(ARGV[3]) then
-      return {0, old_count}
+      return {0, old_count, 0}
     end
     count = old_count + 1
   end
 end
 redis.call('SET', KEYS[1], ARGV[1] .. ',"refresh_count":' .. count .. '}', 'EX', ARGV[4])
-redis.call('SADD', KEYS[2], KEYS[1])
-redis.call('ZADD', KEYS[3], ARGV[5], KEYS[1])
-redis.call('DEL', KEYS[4])
-redis.call('ZADD', KEYS[5], ARGV[7], KEYS[1])
-redis.call('PUBLISH', ARGV[6], KEYS[1])
-return {1, count}
+return {1, count, 1}
 "#;
 
 /// Extends a lease only for its owner.
@@ -63,14 +65,53 @@ return 0
 "#;
 
 pub struct RedisStore {
-    /// For the invalidation subscription, which needs a connection of its own.
-    client: redis::Client,
-    conn: ConnectionManager,
+    /// For the invalidation subscription, which needs a connection of its own:
+    /// one server, or each seed node of a cluster in turn (a cluster forwards a
+    /// `PUBLISH` to every node, so any one of them hears every change).
+    subscribers: Vec<redis::Client>,
+    conn: Conn,
     keys: Keys,
     put_script: Script,
     renew_script: Script,
     release_script: Script,
     round_trips: AtomicU64,
+    subscriber_turn: AtomicUsize,
+}
+
+/// One server through a [`ConnectionManager`], or a Redis Cluster. Both reconnect
+/// by themselves; the cluster connection also follows slots as they move.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
 }
 
 /// Entries kept in the audit stream.
@@ -82,47 +123,109 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// not to stall Redis on one command.
 const LIST_BATCH: usize = 500;
 
+/// Where each server (or cluster seed) is, with login and TLS settings applied.
+fn node_infos(config: &Config) -> Result<Vec<ConnectionInfo>, ConfigError> {
+    let r = &config.redis;
+    let infos = match &config.redis_url {
+        Some(urls) => split_urls(urls.expose())
+            .into_iter()
+            .map(|url| {
+                url.into_connection_info()
+                    .map_err(|_| ConfigError("REDIS_URL: is not a valid Redis URL".into()))
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        None => {
+            let mut settings = redis::RedisConnectionInfo::default().set_db(r.db);
+            if let Some(user) = &r.username {
+                settings = settings.set_username(user);
+            }
+            if let Some(password) = &r.password {
+                settings = settings.set_password(password.expose());
+            }
+            vec![
+                redis::ConnectionAddr::Tcp(r.host.clone(), r.port)
+                    .into_connection_info()
+                    .map_err(|e| ConfigError(format!("REDIS_HOST: {e}")))?
+                    .set_redis_settings(settings),
+            ]
+        }
+    };
+    Ok(infos
+        .into_iter()
+        .map(|info| match info.addr() {
+            redis::ConnectionAddr::Tcp(host, port) if r.tls => {
+                let addr = redis::ConnectionAddr::TcpTls {
+                    host: host.clone(),
+                    port: *port,
+                    insecure: false,
+                    tls_params: None,
+                };
+                info.set_addr(addr)
+            }
+            _ => info,
+        })
+        .collect())
+}
+
+fn certificates(config: &Config) -> Option<TlsCertificates> {
+    config.redis.ca_cert.clone().map(|pem| TlsCertificates {
+        client_tls: None,
+        root_cert: Some(pem),
+    })
+}
+
 impl RedisStore {
     /// Does no I/O: the connection is made on first use and remade in the
     /// background after it drops, so the process starts even while Redis is down.
     pub fn new(config: &Config) -> Result<Self, ConfigError> {
-        let info = match &config.redis_url {
-            Some(url) => url
-                .expose()
-                .into_connection_info()
-                .map_err(|_| ConfigError("REDIS_URL: is not a valid Redis URL".into()))?,
-            None => {
-                let r = &config.redis;
-                let mut settings = redis::RedisConnectionInfo::default().set_db(r.db);
-                if let Some(user) = &r.username {
-                    settings = settings.set_username(user);
-                }
-                if let Some(password) = &r.password {
-                    settings = settings.set_password(password.expose());
-                }
-                redis::ConnectionAddr::Tcp(r.host.clone(), r.port)
-                    .into_connection_info()
-                    .map_err(|e| ConfigError(format!("REDIS_HOST: {e}")))?
-                    .set_redis_settings(settings)
-            }
+        let infos = node_infos(config)?;
+        let invalid = |e: redis::RedisError| ConfigError(format!("REDIS_HOST: {e}"));
+        let client = |info: ConnectionInfo| match certificates(config) {
+            Some(certs) => redis::Client::build_with_tls(info, certs),
+            None => redis::Client::open(info),
         };
-        let client =
-            redis::Client::open(info).map_err(|e| ConfigError(format!("REDIS_HOST: {e}")))?;
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager_config)
-            .map_err(|e| ConfigError(format!("REDIS_HOST: {e}")))?;
+        let subscribers = infos
+            .iter()
+            .cloned()
+            .map(client)
+            .collect::<RedisResult<Vec<_>>>()
+            .map_err(invalid)?;
+        if subscribers.is_empty() {
+            return Err(ConfigError("REDIS_URL: names no server".into()));
+        }
+        let conn = if config.redis.cluster {
+            let mut builder = ClusterClientBuilder::new(infos)
+                .connection_timeout(CONNECT_TIMEOUT)
+                .response_timeout(RESPONSE_TIMEOUT);
+            if config.redis.tls {
+                builder = builder.tls(TlsMode::Secure);
+            }
+            if let Some(certs) = certificates(config) {
+                builder = builder.certs(certs);
+            }
+            let cluster = builder.build().map_err(invalid)?;
+            Conn::Cluster(cluster.get_pending_async_connection_with_config(ClusterConfig::new()))
+        } else {
+            let single = &subscribers[0];
+            let manager_config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                .set_response_timeout(Some(RESPONSE_TIMEOUT))
+                .set_number_of_retries(2)
+                .set_max_delay(Duration::from_millis(500));
+            Conn::Single(
+                ConnectionManager::new_lazy_with_config(single.clone(), manager_config)
+                    .map_err(invalid)?,
+            )
+        };
         Ok(Self {
-            client,
+            subscribers,
             conn,
             keys: Keys::new(&config.namespace),
             put_script: Script::new(PUT_SCRIPT),
             renew_script: Script::new(RENEW_SCRIPT),
             release_script: Script::new(RELEASE_SCRIPT),
             round_trips: AtomicU64::new(0),
+            subscriber_turn: AtomicUsize::new(0),
         })
     }
 
@@ -138,7 +241,7 @@ impl RedisStore {
     /// reconnects in the background but fails the first command after a drop.
     async fn run<T, F, Fut>(&self, op: F) -> RedisResult<T>
     where
-        F: Fn(ConnectionManager) -> Fut,
+        F: Fn(Conn) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
         self.round_trips.fetch_add(1, Ordering::Relaxed);
@@ -149,6 +252,58 @@ impl RedisStore {
             }
             other => other,
         }
+    }
+
+    /// Commands that need not be atomic together, their replies in order. One
+    /// pipeline on a single server; on a cluster each command on its own (all at
+    /// once), because a cluster pipeline must stay within one slot and these keys
+    /// are spread over many.
+    async fn each(&self, cmds: &[Cmd]) -> RedisResult<Vec<Value>> {
+        if cmds.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.run(|mut c| async move {
+            match &c {
+                Conn::Single(_) => {
+                    let mut pipe = redis::pipe();
+                    for cmd in cmds {
+                        pipe.add_command(cmd.clone());
+                    }
+                    pipe.query_async(&mut c).await
+                }
+                Conn::Cluster(_) => {
+                    let sends = cmds.iter().map(|cmd| {
+                        let mut c = c.clone();
+                        async move { cmd.query_async::<Value>(&mut c).await }
+                    });
+                    futures::future::try_join_all(sends).await
+                }
+            }
+        })
+        .await
+    }
+
+    /// Removes `members` (full token keys) from the schedule and, when `inactive`,
+    /// from every other index.
+    fn forget_members(&self, members: &[String], inactive: bool) -> Vec<Cmd> {
+        let mut indexes = vec![(redis::cmd("ZREM"), self.keys.schedule())];
+        if inactive {
+            indexes.push((redis::cmd("SREM"), self.keys.active()));
+            indexes.push((redis::cmd("ZREM"), self.keys.reads()));
+            indexes.push((redis::cmd("ZREM"), self.keys.expiry()));
+        }
+        indexes
+            .into_iter()
+            .map(|(mut cmd, index)| {
+                cmd.arg(index).arg(members);
+                cmd
+            })
+            .collect()
+    }
+
+    /// The same for commands whose replies are not needed.
+    async fn each_ignored(&self, cmds: &[Cmd]) -> RedisResult<()> {
+        self.each(cmds).await.map(drop)
     }
 
     pub async fn get(&self, key: &TokenKey) -> Result<Option<TokenRecord>, StoreError> {
@@ -201,63 +356,86 @@ impl RedisStore {
         })?;
         // serde_json always ends an object with '}'.
         let open = &json[..json.len() - 1];
-        let events = self.keys.events();
-        let (active, schedule, status) = (
-            self.keys.active(),
-            self.keys.schedule(),
-            self.keys.status(key),
-        );
-        let (written, count): (i64, u64) = self
+        // The token first, then (only when it was written) its index entries and
+        // the change event. Not one atomic step: on a cluster the token, the
+        // indexes and the status live in different slots, and no script or
+        // transaction may span slots. A crash between the two steps leaves a
+        // stored token the indexes miss until its next write (reads still find
+        // it, and refresh it when it runs short); the reverse order could index a
+        // token that a refused stale writer never stored.
+        let (written, count, changed): (i64, u64, i64) = self
             .run(|mut c| {
                 let mut invocation = self.put_script.key(&name);
                 invocation
-                    .key(&active)
-                    .key(&schedule)
-                    .key(&status)
-                    .key(self.keys.expiry())
                     .arg(open)
                     .arg(record.token.expose())
                     .arg(record.requested_at_ms)
-                    .arg(ttl)
-                    .arg(due_at)
-                    .arg(&events)
-                    .arg(record.expires_on);
+                    .arg(ttl);
                 async move { invocation.invoke_async(&mut c).await }
             })
             .await?;
-        Ok(if written == 1 {
-            PutOutcome::Written {
-                refresh_count: count,
-            }
-        } else {
-            PutOutcome::Superseded
+        if written != 1 {
+            return Ok(PutOutcome::Superseded);
+        }
+        if changed == 1 {
+            let mut indexes = vec![
+                redis::cmd("SADD"),
+                redis::cmd("ZADD"),
+                redis::cmd("DEL"),
+                redis::cmd("ZADD"),
+            ];
+            indexes[0].arg(self.keys.active()).arg(&name);
+            indexes[1].arg(self.keys.schedule()).arg(due_at).arg(&name);
+            indexes[2].arg(self.keys.status(key));
+            indexes[3]
+                .arg(self.keys.expiry())
+                .arg(record.expires_on)
+                .arg(&name);
+            self.each_ignored(&indexes).await?;
+            self.publish(&name).await?;
+        }
+        Ok(PutOutcome::Written {
+            refresh_count: count,
         })
+    }
+
+    /// Tells every instance that the token `name` changed.
+    async fn publish(&self, name: &str) -> RedisResult<()> {
+        let events = self.keys.events();
+        self.run(|mut c| {
+            let events = events.clone();
+            async move { c.publish::<_, _, ()>(events, name).await }
+        })
+        .await
     }
 
     pub async fn delete(&self, key: &TokenKey) -> Result<bool, StoreError> {
         let token = self.keys.token(key);
-        let (removed,): (u64,) = self
+        // Index entries first, the token after them (separate steps, as in `put`):
+        // a refresh racing this delete can then leave an index entry without a
+        // token, which the sweep prunes, never a token without its index entries.
+        let mut indexes = vec![
+            redis::cmd("SREM"),
+            redis::cmd("ZREM"),
+            redis::cmd("ZREM"),
+            redis::cmd("ZREM"),
+        ];
+        indexes[0].arg(self.keys.active()).arg(&token);
+        indexes[1].arg(self.keys.schedule()).arg(&token);
+        indexes[2].arg(self.keys.reads()).arg(&token);
+        indexes[3].arg(self.keys.expiry()).arg(&token);
+        self.each_ignored(&indexes).await?;
+        let removed: u64 = self
             .run(|mut c| {
-                let mut pipe = redis::pipe();
-                pipe.atomic()
-                    .del(&token)
-                    .del(self.keys.secret(key))
-                    .ignore()
-                    .del(self.keys.status(key))
-                    .ignore()
-                    .srem(self.keys.active(), &token)
-                    .ignore()
-                    .zrem(self.keys.schedule(), &token)
-                    .ignore()
-                    .zrem(self.keys.reads(), &token)
-                    .ignore()
-                    .zrem(self.keys.expiry(), &token)
-                    .ignore()
-                    .publish(self.keys.events(), &token)
-                    .ignore();
-                async move { pipe.query_async(&mut c).await }
+                let token = token.clone();
+                async move { c.del(token).await }
             })
             .await?;
+        let mut rest = vec![redis::cmd("DEL"), redis::cmd("DEL")];
+        rest[0].arg(self.keys.secret(key));
+        rest[1].arg(self.keys.status(key));
+        self.each_ignored(&rest).await?;
+        self.publish(&token).await?;
         Ok(removed > 0)
     }
 
@@ -316,20 +494,8 @@ impl RedisStore {
         if full_keys.is_empty() {
             return Ok(());
         }
-        self.run(|mut c| {
-            let mut pipe = redis::pipe();
-            pipe.zrem(self.keys.schedule(), full_keys).ignore();
-            if inactive {
-                pipe.srem(self.keys.active(), full_keys)
-                    .ignore()
-                    .zrem(self.keys.reads(), full_keys)
-                    .ignore()
-                    .zrem(self.keys.expiry(), full_keys)
-                    .ignore();
-            }
-            async move { pipe.query_async::<()>(&mut c).await }
-        })
-        .await?;
+        self.each_ignored(&self.forget_members(full_keys, inactive))
+            .await?;
         Ok(())
     }
 
@@ -356,43 +522,28 @@ impl RedisStore {
                 }
             })
             .await?;
-        let mut gone = Vec::new();
-        if !members.is_empty() {
-            let exists: Vec<bool> = self
-                .run(|mut c| {
-                    let mut pipe = redis::pipe();
-                    for member in &members {
-                        pipe.exists(member);
-                    }
-                    async move { pipe.query_async(&mut c).await }
-                })
-                .await?;
-            gone = members
-                .into_iter()
-                .zip(exists)
-                .filter_map(|(member, exists)| (!exists).then_some(member))
-                .collect();
+        let checks: Vec<Cmd> = members
+            .iter()
+            .map(|member| {
+                let mut exists = redis::cmd("EXISTS");
+                exists.arg(member);
+                exists
+            })
+            .collect();
+        let exists = self.each(&checks).await?;
+        let gone: Vec<String> = members
+            .into_iter()
+            .zip(exists)
+            .filter(|(_, exists)| matches!(exists, Value::Int(0)))
+            .map(|(member, _)| member)
+            .collect();
+        let mut cmds = vec![redis::cmd("SET"), redis::cmd("ZREMRANGEBYSCORE")];
+        cmds[0].arg(&cursor_key).arg(next);
+        cmds[1].arg(self.keys.expiry()).arg("-inf").arg(unix_now());
+        if !gone.is_empty() {
+            cmds.extend(self.forget_members(&gone, true));
         }
-        let now = unix_now();
-        self.run(|mut c| {
-            let mut pipe = redis::pipe();
-            pipe.set(&cursor_key, next)
-                .ignore()
-                .zrembyscore(self.keys.expiry(), "-inf", now)
-                .ignore();
-            if !gone.is_empty() {
-                pipe.srem(&active, &gone)
-                    .ignore()
-                    .zrem(self.keys.schedule(), &gone)
-                    .ignore()
-                    .zrem(self.keys.reads(), &gone)
-                    .ignore()
-                    .zrem(self.keys.expiry(), &gone)
-                    .ignore();
-            }
-            async move { pipe.query_async::<()>(&mut c).await }
-        })
-        .await?;
+        self.each_ignored(&cmds).await?;
         Ok(gone.len())
     }
 
@@ -491,20 +642,17 @@ impl RedisStore {
         let json = serde_json::to_string(status).unwrap_or_default();
         // Kept a day past the retry so operators can still see what went wrong.
         let ttl = (status.next_attempt - unix_now()).max(0) as u64 + 86_400;
-        self.run(|mut c| {
-            let mut pipe = redis::pipe();
-            pipe.atomic()
-                .set_ex(self.keys.status(key), &json, ttl)
-                .ignore()
-                .zadd(
-                    self.keys.schedule(),
-                    self.keys.token(key),
-                    status.next_attempt,
-                )
-                .ignore();
-            async move { pipe.query_async::<()>(&mut c).await }
-        })
-        .await?;
+        let mut cmds = vec![redis::cmd("SET"), redis::cmd("ZADD")];
+        cmds[0]
+            .arg(self.keys.status(key))
+            .arg(&json)
+            .arg("EX")
+            .arg(ttl);
+        cmds[1]
+            .arg(self.keys.schedule())
+            .arg(status.next_attempt)
+            .arg(self.keys.token(key));
+        self.each_ignored(&cmds).await?;
         Ok(())
     }
 
@@ -639,10 +787,13 @@ impl RedisStore {
         Ok(())
     }
 
-    /// A connection subscribed to the change-event channel.
+    /// A connection subscribed to the change-event channel; each call tries the
+    /// next node, so a dead cluster seed is not retried forever.
     pub async fn subscribe_events(&self) -> Result<redis::aio::PubSub, StoreError> {
+        let turn = self.subscriber_turn.fetch_add(1, Ordering::Relaxed);
+        let client = &self.subscribers[turn % self.subscribers.len()];
         let connect = async {
-            let mut pubsub = self.client.get_async_pubsub().await?;
+            let mut pubsub = client.get_async_pubsub().await?;
             pubsub.subscribe(self.keys.events()).await?;
             Ok::<_, redis::RedisError>(pubsub)
         };

@@ -42,9 +42,26 @@ async fn metrics_parse_and_move_as_requests_are_made() {
     let route = [("route", "/api/tokens/*scope"), ("status", "200")];
     let before = scrape(&app).await;
     let path = format!("/api/tokens/{GRAPH_ENCODED}");
-    for _ in 0..3 {
+    // The first read acquires the token; the change event of that write drops this
+    // instance's copy when it arrives, so reads go on until one is a cache hit.
+    let mut reads = 0.0;
+    let hits = || async {
+        let now = scrape(&app).await;
+        value(
+            &now,
+            "token_broker_cache_lookups_total",
+            &[("result", "hit")],
+        ) - value(
+            &before,
+            "token_broker_cache_lookups_total",
+            &[("result", "hit")],
+        )
+    };
+    while reads < 3.0 || hits().await < 1.0 {
+        assert!(reads < 50.0, "no cache hit in 50 reads");
         let (status, _) = app.get(&path, Some(&app.keys.reader)).await;
         assert_eq!(status, StatusCode::OK);
+        reads += 1.0;
     }
     app.get("/api/tokens/Mail.Send", Some(&app.keys.reader))
         .await;
@@ -54,12 +71,12 @@ async fn metrics_parse_and_move_as_requests_are_made() {
     let delta = |name: &str, labels: &[(&str, &str)]| {
         value(&after, name, labels) - value(&before, name, labels)
     };
-    assert_eq!(delta("token_broker_http_requests_total", &route), 3.0);
+    assert_eq!(delta("token_broker_http_requests_total", &route), reads);
     assert_eq!(
         delta("token_broker_http_requests_total", &[("status", "403")]),
         1.0
     );
-    assert!(delta("token_broker_cache_lookups_total", &[("result", "hit")]) >= 2.0);
+    assert!(delta("token_broker_cache_lookups_total", &[("result", "hit")]) >= 1.0);
     assert!(delta("token_broker_cache_lookups_total", &[("result", "miss")]) >= 1.0);
     assert_eq!(
         delta(
