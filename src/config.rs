@@ -432,6 +432,29 @@ fn load_api_keys(
     ApiKeyEntry::parse_list(&json).map_err(|why| bad(var, why))
 }
 
+/// The URLs of `REDIS_URL`: one, or a comma-separated list of cluster seeds.
+pub fn split_urls(value: &str) -> Vec<&str> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect()
+}
+
+/// Reads `REDIS_CA_CERT` at start so that a wrong path is one line, not a TLS
+/// failure on first use.
+fn read_ca_cert(path: &str) -> Result<Vec<u8>, ConfigError> {
+    let pem = std::fs::read(path)
+        .map_err(|e| bad("REDIS_CA_CERT", format!("cannot read {path}: {e}")))?;
+    if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+        return Err(bad(
+            "REDIS_CA_CERT",
+            format!("{path} holds no PEM certificate"),
+        ));
+    }
+    Ok(pem)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -587,27 +610,4 @@ mod tests {
         .unwrap();
         assert_eq!((c.refresh_before_secs, c.redis.port), (900, 6379));
     }
-}
-
-/// The URLs of `REDIS_URL`: one, or a comma-separated list of cluster seeds.
-pub fn split_urls(value: &str) -> Vec<&str> {
-    value
-        .split(',')
-        .map(str::trim)
-        .filter(|u| !u.is_empty())
-        .collect()
-}
-
-/// Reads `REDIS_CA_CERT` at start so that a wrong path is one line, not a TLS
-/// failure on first use.
-fn read_ca_cert(path: &str) -> Result<Vec<u8>, ConfigError> {
-    let pem = std::fs::read(path)
-        .map_err(|e| bad("REDIS_CA_CERT", format!("cannot read {path}: {e}")))?;
-    if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
-        return Err(bad(
-            "REDIS_CA_CERT",
-            format!("{path} holds no PEM certificate"),
-        ));
-    }
-    Ok(pem)
 }
