@@ -33,7 +33,7 @@ fn key(i: usize) -> String {
 }
 
 /// Writes `stored` tokens in the service's layout, pipelined; the first `DUE` are due.
-fn populate(conn: &mut redis::Connection, stored: usize) {
+fn populate(conn: &mut redis_server::TestConn, stored: usize) {
     let now = unix_now();
     let token = "x".repeat(TOKEN_BYTES);
     for start in (0..stored).step_by(10_000) {
@@ -56,7 +56,7 @@ fn populate(conn: &mut redis::Connection, stored: usize) {
 }
 
 /// Makes the same `DUE` keys due again after a sweep refreshed them.
-fn make_due(conn: &mut redis::Connection) {
+fn make_due(conn: &mut redis_server::TestConn) {
     let mut pipe = redis::pipe();
     for i in 0..DUE {
         pipe.zadd("annika:tokens:schedule", key(i), unix_now() - 10)

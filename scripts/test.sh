@@ -1,16 +1,23 @@
 #!/usr/bin/env bash
 # The project's test command (README, CI): installs what the tests need when it is
 # missing, then checks formatting and lints and runs every test. Each test starts
-# its own redis-server on a free loopback port and stops it when done.
+# its own redis-server (or three-master Redis Cluster) on free loopback ports and
+# stops it when done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v redis-server >/dev/null 2>&1; then
-    echo "test.sh: redis-server not found; installing it from Debian's packages"
+# redis-server (its package brings redis-cli, which creates test clusters) and
+# openssl (which makes the TLS test's certificates), from Debian's packages.
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "test.sh: installing ${missing[*]} from Debian's packages"
     sudo=""
     if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
     $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-server >/dev/null
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 echo "test.sh: $(redis-server --version)"
 
@@ -22,6 +29,10 @@ rm -rf "$logs"
 mkdir -p "$logs"
 # Benchmarks are compiled by clippy above and run on demand (BENCHMARKS.md), not here.
 cargo test --lib --bins --tests --locked 2>&1 | tee "$logs/cargo-test.out"
+# Second pass: every integration test again, each on its own three-master Redis
+# Cluster (scale:: starts its own cluster and TLS servers in the first pass).
+TEST_REDIS_CLUSTER=1 cargo test --test it --locked -- --skip scale:: 2>&1 |
+    tee "$logs/cargo-test-cluster.out"
 scripts/check-secrets.sh "$logs"
 # The deployment package: built as release, then its listing checked.
 scripts/package.sh

@@ -577,6 +577,37 @@ mod tests {
     }
 
     #[test]
+    fn redis_tls_and_cluster_settings_are_checked_at_start() {
+        let message = error_of(&[("REDIS_SSL", "true"), ("REDIS_CA_CERT", "/no/such/ca.pem")]);
+        assert!(
+            message.contains("REDIS_CA_CERT: cannot read /no/such/ca.pem"),
+            "{message}"
+        );
+        assert!(!message.contains('\n'), "{message}");
+        let message = error_of(&[("REDIS_SSL", "true"), ("REDIS_CA_CERT", "/etc/hostname")]);
+        assert!(message.contains("holds no PEM certificate"), "{message}");
+        let pem = std::env::temp_dir().join(format!("tb-ca-{}.pem", std::process::id()));
+        std::fs::write(&pem, "-----BEGIN CERTIFICATE-----\n").unwrap();
+        let message = error_of(&[("REDIS_CA_CERT", pem.to_str().unwrap())]);
+        let _ = std::fs::remove_file(&pem);
+        assert!(message.contains("TLS is off"), "{message}");
+        let message = error_of(&[("REDIS_URL", "redis://a:6379,redis://b:6379")]);
+        assert!(message.contains("REDIS_CLUSTER=true only"), "{message}");
+        let message = error_of(&[
+            ("REDIS_CLUSTER", "true"),
+            ("REDIS_URL", "rediss://a:6380,redis://b:6379"),
+        ]);
+        assert!(message.contains("mixes"), "{message}");
+        let c = Config::from_vars(vars(&[
+            ("REDIS_CLUSTER", "true"),
+            ("REDIS_URL", "rediss://:pw@a:6380, rediss://:pw@b:6380"),
+        ]))
+        .unwrap();
+        assert!(c.redis.tls && c.redis.cluster);
+        assert_eq!(c.redis_host_without_tls(), None);
+    }
+
+    #[test]
     fn debug_of_config_redacts_secrets() {
         let c = Config::from_vars(vars(&[
             ("AZURE_CLIENT_SECRET", "client-secret-value"),

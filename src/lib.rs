@@ -55,8 +55,17 @@ pub enum Issuer {
     Dev { lifetime_secs: u64 },
 }
 
+/// Makes aws-lc-rs the process's rustls crypto provider. Both reqwest and the
+/// Redis TLS connector use rustls; when more than one provider is compiled in and
+/// none is installed, the first TLS handshake panics. Idempotent.
+pub fn install_crypto_provider() {
+    // Err means one is installed already, which is all this needs.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
 impl AppState {
     pub fn build(config: &Config, issuer: Issuer) -> Result<Self, ConfigError> {
+        install_crypto_provider();
         let store = match config.store {
             StoreKind::Redis => Store::Redis(RedisStore::new(config)?),
             StoreKind::Memory => Store::Memory(MemoryStore::new(&config.namespace)),

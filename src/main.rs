@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 use token_broker::config::{AuthMode, Config, StoreKind};
+use token_broker::store::Store;
 use token_broker::{AppState, Issuer, callers, functions, serve, shutdown_signal, spawn_sweeper};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -233,6 +234,7 @@ fn main() -> ExitCode {
         println!("Give the key to the caller; put the entry (never the key) in TOKEN_API_KEYS.");
         return ExitCode::SUCCESS;
     }
+    token_broker::install_crypto_provider();
     let logs = init_tracing();
     let runtime = match runtime() {
         Ok(runtime) => runtime,
@@ -304,6 +306,9 @@ async fn run(mode: Mode) -> Result<(), String> {
         _ => None,
     };
     let state = AppState::build(&config, issuer).map_err(|e| e.to_string())?;
+    if let Store::Redis(redis) = state.refresher.store() {
+        redis.check_at_start().await?;
+    }
     if config.auth == AuthMode::None {
         tracing::warn!("TOKEN_API_AUTH=none: every caller on the network can read every token");
     }

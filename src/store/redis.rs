@@ -76,6 +76,8 @@ pub struct RedisStore {
     release_script: Script,
     round_trips: AtomicU64,
     subscriber_turn: AtomicUsize,
+    /// Whether `REDIS_CA_CERT` was given, for the start-up message.
+    custom_ca: bool,
 }
 
 /// One server through a [`ConnectionManager`], or a Redis Cluster. Both reconnect
@@ -226,6 +228,7 @@ impl RedisStore {
             release_script: Script::new(RELEASE_SCRIPT),
             round_trips: AtomicU64::new(0),
             subscriber_turn: AtomicUsize::new(0),
+            custom_ca: config.redis.ca_cert.is_some(),
         })
     }
 
@@ -824,6 +827,48 @@ impl RedisStore {
             })
             .await?;
         Ok(first.first().map(|(_, at)| *at as i64))
+    }
+
+    /// A first connection, at start: `Err` with one line when the configuration
+    /// cannot work (the server's certificate is not trusted, the login is
+    /// refused); an unreachable server is not an error here (it may come later).
+    pub async fn check_at_start(&self) -> Result<(), String> {
+        let Err(error) = self.ping().await else {
+            return Ok(());
+        };
+        let StoreError::Redis(error) = &error else {
+            return Ok(());
+        };
+        if error.kind() == redis::ErrorKind::AuthenticationFailed {
+            return Err(
+                "REDIS_PASSWORD: Redis refused the login (check REDIS_USERNAME and REDIS_PASSWORD)"
+                    .into(),
+            );
+        }
+        // The handshake's verdict sits inside the I/O error the connector returns.
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+        while let Some(e) = source {
+            // redis keeps the I/O error behind an `Arc<dyn Error>`.
+            let io = e.downcast_ref::<std::io::Error>().or_else(|| {
+                e.downcast_ref::<std::sync::Arc<dyn std::error::Error + Send + Sync>>()
+                    .and_then(|inner| inner.downcast_ref::<std::io::Error>())
+            });
+            let tls = io
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+            if let Some(rustls::Error::InvalidCertificate(why)) = tls {
+                let trusted = match self.custom_ca {
+                    true => "the CA in REDIS_CA_CERT",
+                    false => "the system's trusted roots (set REDIS_CA_CERT to its CA)",
+                };
+                return Err(format!(
+                    "REDIS_CA_CERT: the Redis server's certificate is not trusted by {trusted}: {why:?}"
+                ));
+            }
+            source = e.source();
+        }
+        tracing::warn!(%error, "Redis is not reachable yet; requests will retry it");
+        Ok(())
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {

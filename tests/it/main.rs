@@ -10,4 +10,5 @@ mod host;
 mod layout;
 mod metrics;
 mod refresh;
+mod scale;
 mod users;

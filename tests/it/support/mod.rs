@@ -6,7 +6,7 @@ pub mod idp;
 pub mod redis_server;
 
 pub use self::idp::{Failure, Idp};
-pub use self::redis_server::{RedisServer, free_port};
+pub use self::redis_server::{RedisServer, free_port, make_ca};
 
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -129,8 +129,12 @@ impl TestApp {
 
     /// `extra` variables override the defaults (password flow, Graph warm scope).
     pub async fn spawn_with(extra: &[(&str, &str)]) -> Self {
+        Self::spawn_on(RedisServer::start(), extra).await
+    }
+
+    /// The same on a Redis of the test's choosing.
+    pub async fn spawn_on(redis: RedisServer, extra: &[(&str, &str)]) -> Self {
         init_logging();
-        let redis = RedisServer::start();
         let idp = Idp::start().await;
         let keys = Keys::new();
         let mut vars = redis.env();
