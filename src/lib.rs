@@ -104,7 +104,7 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    server::serve(listener, api::router(state), shutdown).await
+    server::serve(listener, state, shutdown).await
 }
 
 /// Runs a sweep at once (acquiring the warm scopes), then every `interval` when

@@ -107,25 +107,38 @@ const LOG_FLUSH_EVERY: Duration = Duration::from_millis(50);
 const LOG_BUFFER: usize = 256 * 1024;
 
 #[derive(Clone, Default)]
-struct BufferedStderr(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+struct BufferedStderr(std::sync::Arc<LogBuffer>);
+
+#[derive(Default)]
+struct LogBuffer {
+    pending: std::sync::Mutex<Vec<u8>>,
+    /// Held while a flush takes and writes: flushes stay in order.
+    output: std::sync::Mutex<()>,
+}
 
 impl BufferedStderr {
+    /// Takes what is buffered and writes it with the buffer's lock released: a
+    /// slow reader of stderr holds up the flushing thread only, never a request
+    /// that logs meanwhile.
     fn flush_now(&self) {
-        let mut buffer = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if !buffer.is_empty() {
-            let _ = std::io::Write::write_all(&mut std::io::stderr(), &buffer);
-            buffer.clear();
+        let _in_order = self.0.output.lock().unwrap_or_else(|p| p.into_inner());
+        let pending =
+            std::mem::take(&mut *self.0.pending.lock().unwrap_or_else(|p| p.into_inner()));
+        if !pending.is_empty() {
+            let _ = std::io::Write::write_all(&mut std::io::stderr(), &pending);
         }
     }
 }
 
 impl std::io::Write for BufferedStderr {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        let mut buffer = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        buffer.extend_from_slice(bytes);
-        if buffer.len() >= LOG_BUFFER {
-            std::io::stderr().write_all(&buffer)?;
-            buffer.clear();
+        let full = {
+            let mut buffer = self.0.pending.lock().unwrap_or_else(|p| p.into_inner());
+            buffer.extend_from_slice(bytes);
+            buffer.len() >= LOG_BUFFER
+        };
+        if full {
+            self.flush_now();
         }
         Ok(bytes.len())
     }

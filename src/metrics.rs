@@ -12,7 +12,7 @@ use prometheus_client::registry::Registry;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     /// The route template without braces (`/api/tokens/*scope`), or `unmatched`.
-    pub route: String,
+    pub route: &'static str,
     pub status: u16,
 }
 

@@ -7,10 +7,15 @@
 //! parser hyper uses, answers those requests with a JSON error, and hands everything
 //! else to hyper unchanged.
 
-use crate::api::ApiError;
+use crate::AppState;
+use crate::api::{self, ApiError};
 use axum::Router;
+use axum::http::Request;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
+use axum::response::Response;
+use futures::FutureExt;
+use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
@@ -33,22 +38,26 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// In-flight requests get this long to finish at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// Serves `router` on `listener` until `shutdown` completes, then lets the
+/// Serves the API on `listener` until `shutdown` completes, then lets the
 /// requests in flight finish (for at most [`SHUTDOWN_GRACE`]).
 pub async fn serve(
     listener: TcpListener,
-    router: Router,
+    state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
+    let service = Service {
+        router: TowerToHyperService::new(api::router(state.clone())),
+        state,
+    };
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    let router = router.clone();
+                    let service = service.clone();
                     let watcher = graceful.watcher();
-                    tokio::spawn(async move { connection(stream, router, watcher).await });
+                    tokio::spawn(async move { connection(stream, service, watcher).await });
                 }
                 // Out of file descriptors and the like: pause rather than spin.
                 Err(error) => {
@@ -71,7 +80,7 @@ pub async fn serve(
 
 async fn connection(
     mut stream: TcpStream,
-    router: Router,
+    service: Service,
     watcher: hyper_util::server::graceful::Watcher,
 ) {
     let _ = stream.set_nodelay(true);
@@ -88,12 +97,33 @@ async fn connection(
         read: 0,
         inner: stream,
     });
-    let service = TowerToHyperService::new(router);
     let conn = hyper::server::conn::http1::Builder::new()
         .max_headers(MAX_HEADERS)
         .serve_connection(io, service);
     if let Err(error) = watcher.watch(conn).await {
         tracing::debug!(%error, "connection ended with an error");
+    }
+}
+
+/// Token reads straight to their handler (see [`api::is_token_read`]),
+/// everything else through the router.
+#[derive(Clone)]
+struct Service {
+    router: TowerToHyperService<Router>,
+    state: AppState,
+}
+
+impl hyper::service::Service<Request<Incoming>> for Service {
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Self::Error>> + Send>>;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        if api::is_token_read(&request) {
+            Box::pin(api::token_read(self.state.clone(), request).map(Ok))
+        } else {
+            Box::pin(self.router.call(request))
+        }
     }
 }
 

@@ -26,10 +26,15 @@ pub async fn get_token(
     Authed(caller): Authed,
     uri: Uri,
 ) -> Result<Response, ApiError> {
-    let (scope, query) = path_request(path_rest(&uri, "/api/tokens/"), uri.query())?;
+    read(&app, &caller, &uri).await
+}
+
+/// The work of [`get_token`], also called by the router's bypass for token reads.
+pub(super) async fn read(app: &AppState, caller: &Caller, uri: &Uri) -> Result<Response, ApiError> {
+    let (scope, query) = path_request(path_rest(uri, "/api/tokens/"), uri.query())?;
     serve(
-        &app,
-        &caller,
+        app,
+        caller,
         TokenKey::new(scope, query.user),
         query.min_validity,
     )
