@@ -196,9 +196,16 @@ impl RedisStore {
             return Err(ConfigError("REDIS_URL: names no server".into()));
         }
         let conn = if config.redis.cluster {
+            // The crate's default retry waits start at 1.3 s and grow to minutes:
+            // a request would sit out a node restart instead of failing fast,
+            // and reconnecting after the whole cluster restarts took longer
+            // than the callers wait. Short waits, a few retries, as for one server.
             let mut builder = ClusterClientBuilder::new(infos)
                 .connection_timeout(CONNECT_TIMEOUT)
-                .response_timeout(RESPONSE_TIMEOUT);
+                .response_timeout(RESPONSE_TIMEOUT)
+                .retries(3)
+                .min_retry_wait(50)
+                .max_retry_wait(500);
             if config.redis.tls {
                 builder = builder.tls(TlsMode::Secure);
             }
