@@ -424,17 +424,8 @@ impl RedisStore {
         // Index entries first, the token after them (separate steps, as in `put`):
         // a refresh racing this delete can then leave an index entry without a
         // token, which the sweep prunes, never a token without its index entries.
-        let mut indexes = vec![
-            redis::cmd("SREM"),
-            redis::cmd("ZREM"),
-            redis::cmd("ZREM"),
-            redis::cmd("ZREM"),
-        ];
-        indexes[0].arg(self.keys.active()).arg(&token);
-        indexes[1].arg(self.keys.schedule()).arg(&token);
-        indexes[2].arg(self.keys.reads()).arg(&token);
-        indexes[3].arg(self.keys.expiry()).arg(&token);
-        self.each_ignored(&indexes).await?;
+        self.each_ignored(&self.forget_members(std::slice::from_ref(&token), true))
+            .await?;
         let removed: u64 = self
             .run(|mut c| {
                 let token = token.clone();
