@@ -639,7 +639,12 @@ impl Refresher {
             acquired.refresh_in,
             self.settings.refresh_before_secs,
         );
-        match self.store.put(key, &record, due).await? {
+        let outcome = self.store.put(key, &record, due).await?;
+        // This instance's cache drops the old token now, not when the change event
+        // comes back: a read right after a sweep must see the new token. A read
+        // waiting on this flight keeps its ticket, so its insert is refused too.
+        self.forget(key);
+        match outcome {
             PutOutcome::Written { refresh_count } => {
                 record.refresh_count = refresh_count;
                 Ok(record)
