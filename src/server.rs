@@ -26,6 +26,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 
 /// The longest request line accepted (method, target, version).
 const MAX_REQUEST_LINE: usize = 16 * 1024;
@@ -50,6 +51,11 @@ pub async fn serve(
         state,
     };
     let graceful = GracefulShutdown::new();
+    // Tells connections still waiting for their first request head to close:
+    // hyper's graceful shutdown only reaches connections it already serves, and
+    // clients open connections ahead of need (hyper's pool races a new connect
+    // against a returning one), which would otherwise hold shutdown for the grace.
+    let (closing, closing_rx) = watch::channel(false);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -57,7 +63,8 @@ pub async fn serve(
                 Ok((stream, _)) => {
                     let service = service.clone();
                     let watcher = graceful.watcher();
-                    tokio::spawn(async move { connection(stream, service, watcher).await });
+                    let closing = closing_rx.clone();
+                    tokio::spawn(async move { connection(stream, service, watcher, closing).await });
                 }
                 // Out of file descriptors and the like: pause rather than spin.
                 Err(error) => {
@@ -69,6 +76,7 @@ pub async fn serve(
         }
     }
     drop(listener);
+    closing.send_replace(true);
     if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
         .await
         .is_err()
@@ -82,9 +90,14 @@ async fn connection(
     mut stream: TcpStream,
     service: Service,
     watcher: hyper_util::server::graceful::Watcher,
+    mut closing: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
-    let head = match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut stream)).await {
+    let head = tokio::select! {
+        head = tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut stream)) => head,
+        _ = closing.wait_for(|closing| *closing) => return,
+    };
+    let head = match head {
         Ok(Ok(Head::Complete(bytes))) => bytes,
         Ok(Ok(Head::Closed)) | Err(_) | Ok(Err(_)) => return,
         Ok(Ok(Head::Refused(error))) => {

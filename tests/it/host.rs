@@ -426,3 +426,33 @@ async fn log_format_json_writes_one_json_object_per_line() {
     assert_eq!(read["fields"]["token_fp"].as_str().unwrap().len(), 12);
     assert_eq!(read["level"], "INFO");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_does_not_wait_for_connections_that_never_sent_a_request() {
+    let port = free_port();
+    let mut handler = Handler::start(&["dev", "--port", &port.to_string()], &[], port);
+    handler.wait_for_probe().await;
+    // What a client pool does when it connects ahead of need: a connection open,
+    // no request on it yet.
+    let idle = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect to the handler");
+    // The server has accepted it once it answers a request sent after it.
+    let (status, _, _) = send(
+        &reqwest::Client::new(),
+        reqwest::Method::GET,
+        &handler.url("/"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+
+    let exit = handler.terminate();
+    assert!(exit.success(), "graceful shutdown on SIGTERM: {exit}");
+    let logs = handler.logs();
+    assert!(
+        !logs.contains("grace period"),
+        "the idle connection held shutdown for the whole grace period: {logs}"
+    );
+    drop(idle);
+}
