@@ -152,9 +152,10 @@ impl Store {
         each!(self, s => s.get_many(keys).await, keys.iter().map(|k| s.get(k)).collect())
     }
 
-    /// Stores `record` with TTL = seconds until it expires, adds it to the active
-    /// set, schedules its refresh at `due_at` and clears its failure status, in one
-    /// atomic step; increments `refresh_count` when it replaces a token.
+    /// Stores `record` with TTL = seconds until it expires (atomically incrementing
+    /// `refresh_count` when it replaces a token, and refusing an older one), then
+    /// adds it to the active set, schedules its refresh at `due_at` and clears its
+    /// failure status.
     pub async fn put(
         &self,
         key: &TokenKey,
