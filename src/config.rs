@@ -317,7 +317,17 @@ impl Config {
                 need(!self.client_id.is_empty(), "AZURE_CLIENT_ID")?;
                 need(self.client_secret.is_some(), "AZURE_CLIENT_SECRET")
             }
-            AgentFlow::ManagedIdentity => Ok(()),
+            AgentFlow::ManagedIdentity => {
+                match self.scopes.iter().find(|s| s.parts().count() > 1) {
+                    Some(scope) => Err(bad(
+                        "TOKEN_SCOPES",
+                        format!(
+                            "{scope:?} has several scopes in one token, which a managed identity cannot get (one resource per token)"
+                        ),
+                    )),
+                    None => Ok(()),
+                }
+            }
         }
     }
 }
@@ -468,6 +478,22 @@ mod tests {
 
     fn error_of(pairs: &[(&str, &str)]) -> String {
         Config::from_vars(vars(pairs)).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_managed_identity_cannot_keep_a_multi_scope_token_warm() {
+        let config = |scopes: &str| Config::from_vars(vars(&[("TOKEN_SCOPES", scopes)])).unwrap();
+        let error = config("User.Read Mail.Read;https://graph.microsoft.com/.default")
+            .check_agent_credentials()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("TOKEN_SCOPES: ") && error.contains("one resource per token"),
+            "{error}"
+        );
+        config("https://graph.microsoft.com/.default;https://vault.azure.net/.default")
+            .check_agent_credentials()
+            .unwrap();
     }
 
     #[test]

@@ -148,9 +148,14 @@ impl std::io::Write for BufferedStderr {
     }
 }
 
+/// azure_identity logs at info which managed identity source it picked each time a
+/// credential is made, and the service makes one per token request (so that a
+/// forced refresh is never answered from the SDK's own cache).
+const DEFAULT_LOG_FILTER: &str = "info,azure_identity=warn";
+
 fn init_tracing() -> BufferedStderr {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     let logs = BufferedStderr::default();
     let flusher = logs.clone();
     std::thread::spawn(move || {

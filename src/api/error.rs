@@ -70,6 +70,15 @@ impl ApiError {
         Self::new(StatusCode::UNAUTHORIZED, "Unauthorized", message)
     }
 
+    pub fn one_resource_only(key: &TokenKey) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "Invalid scope",
+            "Agent tokens come from a managed identity, which gets a token for one resource at a time; ask for each scope separately",
+        )
+        .about(key)
+    }
+
     pub fn forbidden(key: &TokenKey) -> Self {
         Self::new(
             StatusCode::FORBIDDEN,

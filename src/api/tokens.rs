@@ -74,6 +74,9 @@ async fn serve(
             .await;
         return Err(ApiError::forbidden(&key));
     }
+    if !app.refresher.is_obtainable(&key) {
+        return Err(ApiError::one_resource_only(&key));
+    }
     // A caller may ask for more validity than the service minimum, never for less.
     let floor = app.refresher.settings().min_validity_secs;
     let min_validity = min_validity.unwrap_or(floor).max(floor);
@@ -223,6 +226,9 @@ pub async fn refresh(
             .audit(&caller.name, "refresh", &key, Outcome::Denied, None)
             .await;
         return Err(ApiError::forbidden(&key).refresh_failed());
+    }
+    if !app.refresher.is_obtainable(&key) {
+        return Err(ApiError::one_resource_only(&key).refresh_failed());
     }
     let limit = app.refresh_rate_per_min;
     if limit > 0 {

@@ -64,6 +64,11 @@ impl AzureFlow {
         &self.client_id
     }
 
+    /// A managed identity gets a token for one resource, never for several scopes.
+    pub fn one_resource_per_token(&self) -> bool {
+        self.flow == AgentFlow::ManagedIdentity
+    }
+
     fn client_options(&self) -> ClientOptions {
         let mut cloud = CustomConfiguration::default();
         cloud.authority_host = self.authority_host.clone();

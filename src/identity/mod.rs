@@ -166,6 +166,12 @@ impl Identity {
         }
     }
 
+    /// Whether agent tokens can each be for one resource only (managed identity):
+    /// a multi-scope agent token is then refused at the edge.
+    pub fn one_resource_per_token(&self) -> bool {
+        matches!(&self.agent, AgentGrant::Azure(flow) if flow.one_resource_per_token())
+    }
+
     pub fn client_id(&self) -> &str {
         match &self.agent {
             AgentGrant::Password(flow) => flow.client_id(),

@@ -160,6 +160,14 @@ impl Refresher {
         &self.settings
     }
 
+    /// Whether a token for `key` could ever be acquired with the configured
+    /// identity: not an agent token for several scopes from a managed identity.
+    pub fn is_obtainable(&self, key: &TokenKey) -> bool {
+        !(matches!(key, TokenKey::Agent(_))
+            && self.identity.one_resource_per_token()
+            && key.scope().parts().nth(1).is_some())
+    }
+
     /// Callers waiting on or running the flight for `key`: lock contention, for
     /// metrics, and for tests that must know every caller has arrived.
     pub fn flight_waiters(&self, key: &TokenKey) -> usize {

@@ -610,6 +610,89 @@ async fn client_credentials_go_through_azure_identity() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn managed_identity_goes_through_azure_identity_to_the_app_service_endpoint() {
+    // The binary, not the in-process app: azure_identity reads IDENTITY_ENDPOINT
+    // and IDENTITY_HEADER from the process environment.
+    let redis = RedisServer::start();
+    let idp = Idp::start().await;
+    let keys = Keys::new();
+    let port = free_port();
+    let mut env = redis.env();
+    env.extend(idp.managed_identity_env());
+    env.push(("TOKEN_API_KEYS".into(), keys.json.clone()));
+    env.push(("TOKEN_SCOPES".into(), ";".into()));
+    let mut handler = Handler::start(&["serve", "--port", &port.to_string()], &env, port);
+    handler.wait_for_probe().await;
+    let http = reqwest::Client::new();
+    let path = format!("/api/tokens/{GRAPH_ENCODED}");
+
+    let (status, first, _) =
+        send(&http, Method::GET, &handler.url(&path), Some(&keys.reader)).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    assert_eq!(idp.count("managed_identity"), 1);
+    let asked = idp.forms()[0].clone();
+    assert_eq!(asked["resource"], "https://graph.microsoft.com");
+    assert_eq!(
+        asked["client_id"],
+        idp::CLIENT_ID,
+        "the user-assigned identity"
+    );
+    assert!(first["expires_on"].as_i64().unwrap() > token_broker::clock::unix_now() + 3000);
+
+    // A forced refresh reaches the endpoint again (not azure_identity's cache).
+    let refresh = handler.url(&format!("/api/tokens/refresh/{GRAPH_ENCODED}"));
+    let (status, _, _) = send(&http, Method::POST, &refresh, Some(&keys.reader)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(idp.count("managed_identity"), 2);
+    let (_, second, _) = send(&http, Method::GET, &handler.url(&path), Some(&keys.reader)).await;
+    assert_ne!(first["token"], second["token"]);
+    assert_eq!(second["refresh_count"], 1);
+    let json: String = redis
+        .conn()
+        .get(format!("annika:tokens:agent:{GRAPH}"))
+        .unwrap();
+    let stored: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(stored["metadata"]["flow"], "managed_identity");
+    assert_eq!(stored["token"], second["token"]);
+
+    // The endpoint failing: the old token stays, the caller gets a JSON 503.
+    idp.fail_next(Failure::unavailable(30));
+    let (status, body, _) = send(&http, Method::POST, &refresh, Some(&keys.reader)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body["error"].is_string(), "{body}");
+    let (status, third, _) =
+        send(&http, Method::GET, &handler.url(&path), Some(&keys.reader)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(third["token"], second["token"]);
+
+    // Two scopes in one token: a managed identity cannot; a 400 that says so,
+    // nothing asked of the endpoint, nothing written.
+    let requests = idp.requests();
+    let keys_before = redis.keys();
+    for method in [Method::GET, Method::POST] {
+        let path = match method {
+            Method::GET => "/api/tokens/User.Read+Mail.Read",
+            _ => "/api/tokens/refresh/User.Read+Mail.Read",
+        };
+        let (status, body, _) = send(&http, method, &handler.url(path), Some(&keys.admin)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(
+            body["message"].as_str().unwrap().contains("one resource"),
+            "{body}"
+        );
+    }
+    assert_eq!(idp.requests(), requests);
+    assert_eq!(redis.keys(), keys_before);
+
+    assert!(handler.terminate().success());
+    let logs = handler.logs();
+    assert!(
+        !logs.contains(idp::IDENTITY_HEADER),
+        "the identity header secret is never logged"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn min_validity_above_what_is_stored_gets_a_fresh_token() {
     let app = TestApp::spawn().await;
     app.idp.set_expires_in(1200);

@@ -2,12 +2,16 @@
 //! on loopback: form posts to `/{tenant}/oauth2/v2.0/token` with the password,
 //! client_credentials and refresh_token grants, Entra's success and error bodies,
 //! a configurable `expires_in`/`refresh_in`, failure injection, a gate that holds
-//! requests, and counters.
+//! requests, and counters. It also serves App Service's managed identity endpoint
+//! (`GET /msi/token`, what `IDENTITY_ENDPOINT` points at in a Function App).
 
-use axum::extract::{Path, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::{Form, Json, Router, routing::post};
+use axum::{
+    Form, Json, Router,
+    routing::{get, post},
+};
 use base64::Engine as _;
 use serde_json::json;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -21,6 +25,8 @@ pub const CLIENT_ID: &str = "11111111-2222-3333-4444-555555555555";
 pub const CLIENT_SECRET: &str = "client-secret-value-for-tests";
 pub const USER: &str = "agent@contoso.test";
 pub const PASSWORD: &str = "agent-password-for-tests";
+/// What App Service puts in `IDENTITY_HEADER`: a secret the endpoint checks.
+pub const IDENTITY_HEADER: &str = "identity-header-secret-for-tests";
 
 /// An Entra-style failure to answer with.
 #[derive(Clone, Debug)]
@@ -98,6 +104,7 @@ impl Idp {
         });
         let app = Router::new()
             .route("/{tenant}/oauth2/v2.0/token", post(token))
+            .route("/msi/token", get(managed_identity))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -131,6 +138,21 @@ impl Idp {
             ("AZURE_CLIENT_SECRET".into(), CLIENT_SECRET.into()),
             ("AGENT_USER_NAME".into(), USER.into()),
             ("AGENT_PASSWORD".into(), PASSWORD.into()),
+        ]
+    }
+
+    /// Variables for a managed identity on App Service (Functions) against this
+    /// double; `AZURE_CLIENT_ID` names a user-assigned identity.
+    pub fn managed_identity_env(&self) -> Vec<(String, String)> {
+        record_issued(IDENTITY_HEADER);
+        vec![
+            ("AGENT_TOKEN_FLOW".into(), "managed_identity".into()),
+            ("AZURE_CLIENT_ID".into(), CLIENT_ID.into()),
+            (
+                "IDENTITY_ENDPOINT".into(),
+                format!("http://{}/msi/token", self.addr),
+            ),
+            ("IDENTITY_HEADER".into(), IDENTITY_HEADER.into()),
         ]
     }
 
@@ -348,5 +370,85 @@ async fn token(
         inner.issued.push(refresh_token.clone());
         body["refresh_token"] = json!(refresh_token);
     }
+    Json(body).into_response()
+}
+
+/// App Service's managed identity endpoint, API version 2019-08-01: a GET with the
+/// resource (the scope without `/.default`), the `X-IDENTITY-HEADER` secret, and
+/// `client_id` for a user-assigned identity; `expires_on` in Unix seconds as a
+/// string. Recorded as grant `managed_identity`, with the query as its form.
+async fn managed_identity(
+    State(state): State<Arc<IdpState>>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let failure = {
+        let mut inner = state.inner.lock().unwrap();
+        *inner.counts.entry("managed_identity".into()).or_default() += 1;
+        let mut form = query.clone();
+        form.insert("grant_type".into(), "managed_identity".into());
+        inner.requests.push(form);
+        inner.arrived_at.push(std::time::Instant::now());
+        inner
+            .next_failures
+            .pop_front()
+            .or_else(|| inner.outage.clone())
+    };
+    state.arrivals.send_modify(|n| *n += 1);
+    if let Some(failure) = failure {
+        return entra_error(&failure);
+    }
+    let refused = |status: StatusCode, message: &str| {
+        (
+            status,
+            Json(json!({"statusCode": status.as_u16(), "message": message})),
+        )
+            .into_response()
+    };
+    if headers
+        .get("x-identity-header")
+        .and_then(|v| v.to_str().ok())
+        != Some(IDENTITY_HEADER)
+    {
+        return refused(
+            StatusCode::UNAUTHORIZED,
+            "X-IDENTITY-HEADER is missing or wrong",
+        );
+    }
+    if query.get("api-version").map(String::as_str) != Some("2019-08-01") {
+        return refused(StatusCode::BAD_REQUEST, "unsupported api-version");
+    }
+    if query.get("client_id").is_some_and(|id| id != CLIENT_ID) {
+        return refused(
+            StatusCode::BAD_REQUEST,
+            "No managed identity with this client id is assigned to this resource",
+        );
+    }
+    let Some(resource) = query.get("resource").filter(|r| !r.is_empty()) else {
+        return refused(StatusCode::BAD_REQUEST, "resource is required");
+    };
+    let serial = state.serial.fetch_add(1, Ordering::SeqCst);
+    let expires_in = state.expires_in.load(Ordering::SeqCst) as i64;
+    let payload = json!({"aud": resource, "n": serial, "grant": "managed_identity", "nonce": rand::random::<u64>()});
+    let access_token = format!(
+        "{}.{}.{}",
+        b64(br#"{"typ":"JWT","alg":"RS256"}"#),
+        b64(payload.to_string().as_bytes()),
+        b64(&rand::random::<[u8; 16]>())
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let body = json!({
+        "access_token": access_token,
+        "expires_on": (now + expires_in).to_string(),
+        "resource": resource,
+        "token_type": "Bearer",
+        "client_id": CLIENT_ID,
+    });
+    let mut inner = state.inner.lock().unwrap();
+    record_issued(&access_token);
+    inner.issued.push(access_token);
     Json(body).into_response()
 }

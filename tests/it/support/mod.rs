@@ -214,12 +214,7 @@ impl TestApp {
 
     /// Every key in the test Redis, sorted.
     pub fn redis_keys(&self) -> Vec<String> {
-        let mut keys: Vec<String> = ::redis::cmd("KEYS")
-            .arg("*")
-            .query(&mut self.redis.conn())
-            .unwrap();
-        keys.sort();
-        keys
+        self.redis.keys()
     }
 }
 

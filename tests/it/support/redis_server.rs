@@ -216,6 +216,13 @@ pub fn make_ca(dir: &Path, name: &str, server: bool) -> TlsFiles {
 }
 
 impl RedisServer {
+    /// Every key name, sorted (from every node of a cluster).
+    pub fn keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut self.conn()).unwrap();
+        keys.sort();
+        keys
+    }
+
     /// One server, or a cluster when this is a cluster run.
     pub fn start() -> Self {
         if cluster_run() {
