@@ -217,6 +217,38 @@ impl Idp {
     }
 }
 
+impl IdpState {
+    /// Counts and records a request (by its `grant_type`), waits while requests are
+    /// held, and gives the failure it is to be answered with, if any.
+    async fn arrive(&self, form: HashMap<String, String>) -> Option<Failure> {
+        let failure = {
+            let mut inner = self.inner.lock().unwrap();
+            let grant = form.get("grant_type").cloned().unwrap_or_default();
+            *inner.counts.entry(grant).or_default() += 1;
+            inner.requests.push(form);
+            inner.arrived_at.push(std::time::Instant::now());
+            inner
+                .next_failures
+                .pop_front()
+                .or_else(|| inner.outage.clone())
+        };
+        self.arrivals.send_modify(|n| *n += 1);
+        let mut gate = self.gate.subscribe();
+        let _ = gate.wait_for(|held| !held).await;
+        failure
+    }
+
+    /// A JWT-shaped access token (not signed: the service never verifies it).
+    fn mint(&self, payload: serde_json::Value) -> String {
+        format!(
+            "{}.{}.{}",
+            b64(br#"{"typ":"JWT","alg":"RS256"}"#),
+            b64(payload.to_string().as_bytes()),
+            b64(&rand::random::<[u8; 16]>())
+        )
+    }
+}
+
 /// Appends an issued token to this run's list, which `scripts/test.sh` greps every
 /// log for afterwards.
 fn record_issued(token: &str) {
@@ -269,19 +301,7 @@ async fn token(
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
     let grant = form.get("grant_type").cloned().unwrap_or_default();
-    let failure = {
-        let mut inner = state.inner.lock().unwrap();
-        *inner.counts.entry(grant.clone()).or_default() += 1;
-        inner.requests.push(form.clone());
-        inner.arrived_at.push(std::time::Instant::now());
-        inner
-            .next_failures
-            .pop_front()
-            .or_else(|| inner.outage.clone())
-    };
-    state.arrivals.send_modify(|n| *n += 1);
-    let mut gate = state.gate.subscribe();
-    let _ = gate.wait_for(|held| !held).await;
+    let failure = state.arrive(form.clone()).await;
 
     if let Some(failure) = failure {
         return entra_error(&failure);
@@ -341,13 +361,7 @@ async fn token(
     let serial = state.serial.fetch_add(1, Ordering::SeqCst);
     let expires_in = state.expires_in.load(Ordering::SeqCst);
     let padding = "p".repeat(state.padding.load(Ordering::SeqCst) as usize * 3 / 4);
-    let payload = json!({"aud": scope, "n": serial, "grant": grant, "nonce": rand::random::<u64>(), "pad": padding});
-    let access_token = format!(
-        "{}.{}.{}",
-        b64(br#"{"typ":"JWT","alg":"RS256"}"#),
-        b64(payload.to_string().as_bytes()),
-        b64(&rand::random::<[u8; 16]>())
-    );
+    let access_token = state.mint(json!({"aud": scope, "n": serial, "grant": grant, "nonce": rand::random::<u64>(), "pad": padding}));
     let mut body = json!({
         "token_type": "Bearer",
         "scope": scope,
@@ -382,20 +396,9 @@ async fn managed_identity(
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    let failure = {
-        let mut inner = state.inner.lock().unwrap();
-        *inner.counts.entry("managed_identity".into()).or_default() += 1;
-        let mut form = query.clone();
-        form.insert("grant_type".into(), "managed_identity".into());
-        inner.requests.push(form);
-        inner.arrived_at.push(std::time::Instant::now());
-        inner
-            .next_failures
-            .pop_front()
-            .or_else(|| inner.outage.clone())
-    };
-    state.arrivals.send_modify(|n| *n += 1);
-    if let Some(failure) = failure {
+    let mut form = query.clone();
+    form.insert("grant_type".into(), "managed_identity".into());
+    if let Some(failure) = state.arrive(form).await {
         return entra_error(&failure);
     }
     let refused = |status: StatusCode, message: &str| {
@@ -429,13 +432,7 @@ async fn managed_identity(
     };
     let serial = state.serial.fetch_add(1, Ordering::SeqCst);
     let expires_in = state.expires_in.load(Ordering::SeqCst) as i64;
-    let payload = json!({"aud": resource, "n": serial, "grant": "managed_identity", "nonce": rand::random::<u64>()});
-    let access_token = format!(
-        "{}.{}.{}",
-        b64(br#"{"typ":"JWT","alg":"RS256"}"#),
-        b64(payload.to_string().as_bytes()),
-        b64(&rand::random::<[u8; 16]>())
-    );
+    let access_token = state.mint(json!({"aud": resource, "n": serial, "grant": "managed_identity", "nonce": rand::random::<u64>()}));
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
