@@ -1,11 +1,14 @@
-//! The HTTP server: hyper serving the API router, behind a small front that reads
-//! each connection's first request head itself.
+//! The HTTP server: hyper serving the API router, behind a small front that checks
+//! every request head before hyper reads it.
 //!
 //! Why the front: hyper answers requests it cannot parse (an over-long URI, bytes
 //! that are not HTTP, too many or too large headers) by itself, with an empty body.
-//! Every answer of this service is JSON, so the front checks the head with the same
-//! parser hyper uses, answers those requests with a JSON error, and hands everything
-//! else to hyper unchanged.
+//! Every answer of this service is JSON, so the front checks each head with the
+//! same parser hyper uses and hands hyper only heads that pass, and the bodies they
+//! announce. A head that fails ends the connection for hyper; once hyper has
+//! answered the requests before it, the front writes the JSON error and closes.
+//! (After a chunked body the front cannot tell where the next head starts without
+//! decoding the chunks, so it leaves that connection's later heads to hyper.)
 
 use crate::AppState;
 use crate::api::{self, ApiError};
@@ -32,8 +35,13 @@ use tokio::sync::watch;
 const MAX_REQUEST_LINE: usize = 16 * 1024;
 /// The longest request head accepted (request line and headers).
 const MAX_HEAD: usize = 64 * 1024;
-/// The most headers accepted (hyper's own limit is 100).
+/// The most headers accepted: hyper's own default limit, which it parses on the
+/// stack (setting any limit moves that parse to the heap: about 5 % per request).
+/// Later requests on a connection get hyper's bare 431 above it; below it, the
+/// API's edge answers size limits with JSON.
 const MAX_HEADERS: usize = 100;
+/// How much is read from a socket at a time.
+const READ_SIZE: usize = 8 * 1024;
 /// A client gets this long to send its first request head.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// In-flight requests get this long to finish at shutdown.
@@ -89,32 +97,66 @@ pub async fn serve(
 async fn connection(
     mut stream: TcpStream,
     service: Service,
-    watcher: hyper_util::server::graceful::Watcher,
+    // Held while the connection lives: the server's shutdown waits for it.
+    _watcher: hyper_util::server::graceful::Watcher,
     mut closing: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
-    let head = tokio::select! {
-        head = tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut stream)) => head,
+    let mut front = Front::new();
+    let first = tokio::select! {
+        first = tokio::time::timeout(HEAD_TIMEOUT, front.first_head(&mut stream)) => first,
         _ = closing.wait_for(|closing| *closing) => return,
     };
-    let head = match head {
-        Ok(Ok(Head::Complete(bytes))) => bytes,
-        Ok(Ok(Head::Closed)) | Err(_) | Ok(Err(_)) => return,
-        Ok(Ok(Head::Refused(error))) => {
-            let _ = write_refusal(&mut stream, error).await;
+    match first {
+        Ok(Ok(true)) => {}
+        // Closed, timed out, or refused: never reached hyper.
+        Ok(Ok(false)) | Err(_) | Ok(Err(_)) => {
+            if let Some(error) = front.refused.take() {
+                let _ = write_refusal(&mut stream, error).await;
+            }
             return;
         }
+    }
+    let mut conn = hyper::server::conn::http1::Builder::new()
+        // hyper then reads only when it wants the next head or body bytes, never to
+        // probe for the end of the stream while it answers a request: the end the
+        // front shows after a refused head must not abort the requests before it
+        // (nor does a client that half-closes after sending its request lose it).
+        .half_close(true)
+        .serve_connection(TokioIo::new(Checked { front, stream }), service);
+    // Run without hyper's shutdown of the socket at the end: a refused request
+    // head ends the connection for hyper, and its JSON answer is written after
+    // the answers to the requests before it.
+    let mut shutdown_sent = false;
+    let ended = loop {
+        let step = {
+            let serving = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx));
+            tokio::select! {
+                ended = serving => Some(ended),
+                _ = closing.wait_for(|closing| *closing), if !shutdown_sent => None,
+            }
+        };
+        match step {
+            Some(ended) => break ended,
+            // Finishes the request in flight, if any, then ends the connection.
+            None => {
+                Pin::new(&mut conn).graceful_shutdown();
+                shutdown_sent = true;
+            }
+        }
     };
-    let io = TokioIo::new(Prefixed {
-        prefix: head,
-        read: 0,
-        inner: stream,
-    });
-    let conn = hyper::server::conn::http1::Builder::new()
-        .max_headers(MAX_HEADERS)
-        .serve_connection(io, service);
-    if let Err(error) = watcher.watch(conn).await {
+    if let Err(error) = ended {
         tracing::debug!(%error, "connection ended with an error");
+    }
+    let Checked { front, stream } = conn.into_parts().io.into_inner();
+    let mut stream = stream;
+    match front.refused {
+        Some(error) => {
+            let _ = write_refusal(&mut stream, error).await;
+        }
+        None => {
+            let _ = stream.shutdown().await;
+        }
     }
 }
 
@@ -140,54 +182,256 @@ impl hyper::service::Service<Request<Incoming>> for Service {
     }
 }
 
-enum Head {
-    /// The bytes read so far: at least one whole, parsable request head.
-    Complete(Vec<u8>),
-    /// The client went away before sending a request.
-    Closed,
+/// Checks every request head of a connection before hyper sees it; see the module
+/// comment. Bytes go to hyper only once they are known to be a request head that
+/// passed the checks, or the body that such a head announced.
+struct Front {
+    /// `buffer[start..end]` was read from the socket and not yet handed to hyper;
+    /// the socket is read into `buffer[end..]`. Allocated and zeroed once per
+    /// connection, not per read.
+    buffer: Vec<u8>,
+    start: usize,
+    end: usize,
+    /// How many bytes at the start of the pending ones may go to hyper.
+    checked: usize,
+    /// What the bytes after `checked` are.
+    next: Next,
+    /// How far the pending bytes were searched for the end of a head (a head that arrives a
+    /// byte at a time is scanned once, not once per byte).
+    scanned: usize,
+    /// The answer to a head that failed the checks; hyper then sees the end of the
+    /// stream, so it finishes the requests before it and nothing after.
+    refused: Option<ApiError>,
+    eof: bool,
+}
+
+enum Next {
+    Head,
+    /// This many bytes of body are still to come.
+    Body(u64),
+    /// A chunked body: its end is hyper's to find, so the heads after it on this
+    /// connection are left to hyper's own checks.
+    Unchecked,
+}
+
+impl Front {
+    fn new() -> Self {
+        Self {
+            buffer: vec![0; READ_SIZE],
+            start: 0,
+            end: 0,
+            checked: 0,
+            next: Next::Head,
+            scanned: 0,
+            refused: None,
+            eof: false,
+        }
+    }
+
+    /// Reads until the first request head is complete and checked: `false` when
+    /// the client left first or the head was refused.
+    async fn first_head(&mut self, stream: &mut TcpStream) -> io::Result<bool> {
+        loop {
+            self.classify();
+            if self.checked > 0 {
+                return Ok(true);
+            }
+            if self.refused.is_some() {
+                return Ok(false);
+            }
+            let n = stream.read(self.space()).await?;
+            if n == 0 {
+                return Ok(false);
+            }
+            self.end += n;
+        }
+    }
+
+    fn pending(&self) -> &[u8] {
+        &self.buffer[self.start..self.end]
+    }
+
+    /// Hands the first `n` pending bytes on.
+    fn consume(&mut self, n: usize) {
+        self.start += n;
+        if self.start == self.end {
+            (self.start, self.end) = (0, 0);
+        }
+    }
+
+    /// Room to read into: at least [`READ_SIZE`] bytes after the pending ones.
+    fn space(&mut self) -> &mut [u8] {
+        if self.buffer.len() - self.end < READ_SIZE {
+            self.buffer.copy_within(self.start..self.end, 0);
+            (self.start, self.end) = (0, self.end - self.start);
+            // Only a head can stay pending, and heads are bounded (MAX_HEAD).
+            if self.buffer.len() - self.end < READ_SIZE {
+                self.buffer.resize(self.end + READ_SIZE, 0);
+            }
+        }
+        &mut self.buffer[self.end..]
+    }
+
+    /// Decides what the unchecked bytes at the start of `buffer` are, as far as
+    /// they go.
+    fn classify(&mut self) {
+        if self.checked > 0 || self.refused.is_some() || self.start == self.end {
+            return;
+        }
+        match self.next {
+            Next::Body(left) => {
+                let n = left.min((self.end - self.start) as u64);
+                self.checked = n as usize;
+                self.next = if n == left {
+                    Next::Head
+                } else {
+                    Next::Body(left - n)
+                };
+            }
+            Next::Unchecked => self.checked = self.end - self.start,
+            Next::Head => match check_head(&self.buffer[self.start..self.end], &mut self.scanned) {
+                HeadCheck::Partial => {}
+                HeadCheck::Complete { len, body } => {
+                    self.checked = len;
+                    self.next = body;
+                    self.scanned = 0;
+                }
+                HeadCheck::Refused(error) => self.refused = Some(error),
+            },
+        }
+    }
+}
+
+/// The socket as hyper sees it: only checked bytes are read through it.
+struct Checked {
+    front: Front,
+    stream: TcpStream,
+}
+
+impl AsyncRead for Checked {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let Self { front, stream } = self.get_mut();
+        loop {
+            front.classify();
+            if front.checked > 0 {
+                let n = front.checked.min(out.remaining());
+                out.put_slice(&front.pending()[..n]);
+                front.consume(n);
+                front.checked -= n;
+                return Poll::Ready(Ok(()));
+            }
+            // A refused head, or the client gone: the end of the stream for hyper.
+            if front.refused.is_some() || front.eof {
+                return Poll::Ready(Ok(()));
+            }
+            let mut read = ReadBuf::new(front.space());
+            match Pin::new(&mut *stream).poll_read(cx, &mut read) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                Poll::Ready(Ok(())) => match read.filled().len() {
+                    0 => front.eof = true,
+                    n => front.end += n,
+                },
+            }
+        }
+    }
+}
+
+enum HeadCheck {
+    /// Not all of the head has arrived yet.
+    Partial,
+    /// A head of `len` bytes that passed, and what follows it.
+    Complete { len: usize, body: Next },
     /// What to answer instead of serving the request.
     Refused(ApiError),
 }
 
-async fn read_head(stream: &mut TcpStream) -> io::Result<Head> {
-    let mut buffer = Vec::with_capacity(4096);
-    let mut chunk = [0u8; 8192];
-    loop {
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            return Ok(Head::Closed);
+/// Checks the request head at the start of `buffer` with the parser hyper uses,
+/// against this service's limits. `scanned` remembers how far the search for the
+/// head's end got in earlier calls for the same head.
+fn check_head(buffer: &[u8], scanned: &mut usize) -> HeadCheck {
+    let line_end = buffer.iter().position(|&b| b == b'\n');
+    if line_end.unwrap_or(buffer.len()) > MAX_REQUEST_LINE {
+        return HeadCheck::Refused(ApiError::new(
+            StatusCode::URI_TOO_LONG,
+            "URI too long",
+            format!("The request line must be under {MAX_REQUEST_LINE} bytes"),
+        ));
+    }
+    // A head ends with an empty line ("\r\n\r\n", or "\n\n" which httparse
+    // also takes). Until one has arrived there is nothing to parse.
+    let from = scanned.saturating_sub(3);
+    let ends = buffer[from..]
+        .windows(2)
+        .any(|w| w == b"\n\n" || w == b"\n\r");
+    *scanned = buffer.len();
+    let too_large = || {
+        HeadCheck::Refused(ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "Headers too large",
+            format!("At most {MAX_HEADERS} headers and {MAX_HEAD} bytes of request head"),
+        ))
+    };
+    if !ends {
+        return if buffer.len() > MAX_HEAD {
+            too_large()
+        } else {
+            HeadCheck::Partial
+        };
+    }
+    // Uninitialised: filling a hundred empty headers would cost more than parsing.
+    let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut []);
+    match request.parse_with_uninit_headers(buffer, &mut headers) {
+        Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD => match body_of(request.headers) {
+            Some(body) => HeadCheck::Complete { len, body },
+            None => HeadCheck::Refused(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "Malformed request",
+                "Content-Length must be one whole number of bytes",
+            )),
+        },
+        // "\n\r" inside the head but not its end yet.
+        Ok(httparse::Status::Partial) if buffer.len() <= MAX_HEAD => HeadCheck::Partial,
+        Ok(_) | Err(httparse::Error::TooManyHeaders) => too_large(),
+        Err(error) => HeadCheck::Refused(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "Malformed request",
+            format!(
+                "Not a valid HTTP/1.1 request ({error}); a path must be ASCII, with anything else percent-encoded"
+            ),
+        )),
+    }
+}
+
+/// How the body after a head is framed; `None` for a Content-Length that is not
+/// one number (hyper would refuse it too, without a JSON body).
+fn body_of(headers: &[httparse::Header<'_>]) -> Option<Next> {
+    let mut length: Option<u64> = None;
+    for header in headers {
+        if header.name.eq_ignore_ascii_case("transfer-encoding") {
+            return Some(Next::Unchecked);
         }
-        buffer.extend_from_slice(&chunk[..n]);
-        let line_end = buffer.windows(2).position(|w| w == b"\r\n");
-        if line_end.map_or(buffer.len(), |end| end) > MAX_REQUEST_LINE {
-            return Ok(Head::Refused(ApiError::new(
-                StatusCode::URI_TOO_LONG,
-                "URI too long",
-                format!("The request line must be under {MAX_REQUEST_LINE} bytes"),
-            )));
-        }
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        match httparse::Request::new(&mut headers).parse(&buffer) {
-            Ok(httparse::Status::Complete(_)) => return Ok(Head::Complete(buffer)),
-            Ok(httparse::Status::Partial) if buffer.len() <= MAX_HEAD => continue,
-            Ok(httparse::Status::Partial) | Err(httparse::Error::TooManyHeaders) => {
-                return Ok(Head::Refused(ApiError::new(
-                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                    "Headers too large",
-                    format!("At most {MAX_HEADERS} headers and {MAX_HEAD} bytes of request head"),
-                )));
+        if header.name.eq_ignore_ascii_case("content-length") {
+            let value = std::str::from_utf8(header.value).ok()?.trim();
+            if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
             }
-            Err(error) => {
-                return Ok(Head::Refused(ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "Malformed request",
-                    format!(
-                        "Not a valid HTTP/1.1 request ({error}); a path must be ASCII, with anything else percent-encoded"
-                    ),
-                )));
+            let value: u64 = value.parse().ok()?;
+            if length.is_some_and(|seen| seen != value) {
+                return None;
             }
+            length = Some(value);
         }
     }
+    Some(match length {
+        Some(n) if n > 0 => Next::Body(n),
+        _ => Next::Head,
+    })
 }
 
 async fn write_refusal(stream: &mut TcpStream, error: ApiError) -> io::Result<()> {
@@ -219,60 +463,111 @@ async fn write_refusal(stream: &mut TcpStream, error: ApiError) -> io::Result<()
     Ok(())
 }
 
-/// A stream that first yields the bytes the front already read.
-struct Prefixed {
-    prefix: Vec<u8>,
-    read: usize,
-    inner: TcpStream,
-}
-
-impl AsyncRead for Prefixed {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if self.read < self.prefix.len() {
-            let rest = &self.prefix[self.read..];
-            let n = rest.len().min(buf.remaining());
-            buf.put_slice(&rest[..n]);
-            self.read += n;
-            if self.read == self.prefix.len() {
-                self.prefix = Vec::new();
-                self.read = 0;
-            }
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Prefixed {
+impl AsyncWrite for Checked {
     fn poll_write(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
     }
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
     }
 
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
     }
 
     fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        self.stream.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn feed(front: &mut Front, bytes: &[u8]) {
+        front.space()[..bytes.len()].copy_from_slice(bytes);
+        front.end += bytes.len();
+        front.classify();
+    }
+
+    #[test]
+    fn a_head_sent_a_byte_at_a_time_passes_when_it_is_whole() {
+        let head = b"PUT /api/tokens/x?user_id=u HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\n";
+        let mut front = Front::new();
+        for (i, byte) in head.iter().enumerate() {
+            assert_eq!(front.checked, 0, "checked before byte {i} arrived");
+            feed(&mut front, &[*byte]);
+        }
+        assert_eq!(front.checked, head.len());
+        assert!(matches!(front.next, Next::Body(4)));
+        assert!(front.refused.is_none());
+    }
+
+    #[test]
+    fn content_length_decides_where_the_next_head_starts() {
+        let head = |extra: &str| format!("POST / HTTP/1.1\r\nHost: x\r\n{extra}\r\n");
+        let next = |extra: &str| {
+            let mut scanned = 0;
+            match check_head(head(extra).as_bytes(), &mut scanned) {
+                HeadCheck::Complete { body, .. } => Some(body),
+                HeadCheck::Refused(_) => None,
+                HeadCheck::Partial => panic!("partial: {extra}"),
+            }
+        };
+        assert!(matches!(next(""), Some(Next::Head)));
+        assert!(matches!(next("Content-Length: 0\r\n"), Some(Next::Head)));
+        assert!(matches!(
+            next("content-length: 12\r\n"),
+            Some(Next::Body(12))
+        ));
+        assert!(matches!(
+            next("Content-Length: 5\r\nContent-Length: 5\r\n"),
+            Some(Next::Body(5))
+        ));
+        assert!(matches!(
+            next("Transfer-Encoding: chunked\r\n"),
+            Some(Next::Unchecked)
+        ));
+        for bad in [
+            "Content-Length: -1\r\n",
+            "Content-Length: 1e3\r\n",
+            "Content-Length: \r\n",
+        ] {
+            assert!(next(bad).is_none(), "{bad}");
+        }
+        assert!(next("Content-Length: 5\r\nContent-Length: 6\r\n").is_none());
+    }
+
+    #[test]
+    fn a_refused_head_ends_what_hyper_reads_after_the_heads_before_it() {
+        let mut front = Front::new();
+        feed(
+            &mut front,
+            b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /\xff HTTP/1.1\r\nHost: x\r\n\r\n",
+        );
+        let first = front.checked;
+        assert_eq!(
+            &front.pending()[..first],
+            b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n"
+        );
+        front.consume(first);
+        front.checked = 0;
+        front.classify();
+        assert_eq!(front.checked, 0);
+        let refusal = front.refused.expect("the second head is refused");
+        assert_eq!(refusal.status(), StatusCode::BAD_REQUEST);
     }
 }

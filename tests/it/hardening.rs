@@ -36,9 +36,40 @@ fn snapshot(redis: &RedisServer) -> BTreeMap<String, String> {
 
 /// One request over a raw connection; the status and body of the answer.
 async fn raw(port: u16, request: &[u8]) -> (u16, String) {
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("the handler is up");
+    answer_of(stream, request).await
+}
+
+/// The same as the second request on a kept-alive connection, after a valid one
+/// (the server's front reads only a connection's first request head itself).
+async fn raw_second(port: u16, request: &[u8]) -> (u16, String) {
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .expect("the handler is up");
+    stream
+        .write_all(b"GET /api/tokens/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(stream.read_u8().await.expect("the first answer's head"));
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    let length: usize = head
+        .split("content-length: ")
+        .nth(1)
+        .and_then(|rest| rest.split("\r\n").next())
+        .and_then(|n| n.parse().ok())
+        .expect("the first answer has a length");
+    let mut body = vec![0; length];
+    stream.read_exact(&mut body).await.unwrap();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    answer_of(stream, request).await
+}
+
+async fn answer_of(mut stream: tokio::net::TcpStream, request: &[u8]) -> (u16, String) {
     // A refused write (the server closed early on a huge request) still has an answer.
     let _ = stream.write_all(request).await;
     let mut answer = Vec::new();
@@ -233,8 +264,12 @@ async fn hostile_requests_get_json_4xx_and_change_nothing() {
         cases.len() + 5
     );
 
-    for (name, bytes) in &cases {
-        let (status, body) = raw(port, bytes).await;
+    for ((name, bytes), second) in cases.iter().flat_map(|case| [(case, false), (case, true)]) {
+        let (status, body) = match second {
+            false => raw(port, bytes).await,
+            true => raw_second(port, bytes).await,
+        };
+        let name = format!("{name}{}", if second { " (second request)" } else { "" });
         assert!((400..500).contains(&status), "{name}: {status} {body}");
         let json: Value = serde_json::from_str(&body)
             .unwrap_or_else(|_| panic!("{name}: {status} body is not JSON: {body:.200}"));
@@ -246,7 +281,7 @@ async fn hostile_requests_get_json_4xx_and_change_nothing() {
     }
 
     // Requests that are not valid HTTP, or too large for it: answered by the
-    // server's front, also with JSON.
+    // server's front, also with JSON, first on a connection or not.
     let malformed: Vec<Vec<u8>> = vec![
         b"GET /api/tokens/\xff\xfe HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec(),
         b"GET /api/tokens/a b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec(),
@@ -262,8 +297,11 @@ async fn hostile_requests_get_json_4xx_and_change_nothing() {
         )
         .into_bytes(),
     ];
-    for bytes in &malformed {
-        let (status, body) = raw(port, bytes).await;
+    for (bytes, second) in malformed.iter().flat_map(|m| [(m, false), (m, true)]) {
+        let (status, body) = match second {
+            false => raw(port, bytes).await,
+            true => raw_second(port, bytes).await,
+        };
         assert!((400..500).contains(&status), "{status}");
         let json: Value = serde_json::from_str(&body)
             .unwrap_or_else(|_| panic!("{status} body is not JSON: {body:.200}"));
@@ -525,4 +563,62 @@ async fn audit_events_go_to_a_capped_stream_with_request_ids_and_no_tokens() {
     assert_eq!(events[0]["token_fp"], hex);
     let everything = format!("{events:?}");
     assert!(!everything.contains(&token), "no token in the audit trail");
+}
+
+/// The answers in `bytes`, in order: status and JSON body of each.
+fn answers(mut bytes: &[u8]) -> Vec<(u16, Value)> {
+    let mut out = Vec::new();
+    while let Some(end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") {
+        let head = String::from_utf8_lossy(&bytes[..end]).to_ascii_lowercase();
+        let status = head[9..12].parse().unwrap();
+        let length: usize = head
+            .split("content-length: ")
+            .nth(1)
+            .and_then(|rest| rest.split("\r\n").next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        let body = &bytes[end + 4..end + 4 + length];
+        out.push((status, serde_json::from_slice(body).unwrap_or(Value::Null)));
+        bytes = &bytes[end + 4 + length..];
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pipelined_requests_are_answered_in_order_up_to_a_bad_head_which_gets_json() {
+    let app = TestApp::spawn().await;
+    let admin = &app.keys.admin;
+    // A body full of what looks like request heads: it is a body, not a request.
+    let body = "{\r\n\r\nGET /\u{7f} HTTP/1.1\r\n\r\n";
+    let mut pipeline = format!(
+        "GET /api/tokens/health HTTP/1.1\r\nHost: x\r\n\r\n\
+         PUT /api/tokens/User.Read?user_id=bob HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {admin}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}\
+         GET /api/tokens/health HTTP/1.1\r\nHost: x\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    pipeline.extend_from_slice(b"GET /api/tokens/\xff HTTP/1.1\r\nHost: x\r\n\r\n");
+    pipeline.extend_from_slice(b"GET /api/tokens/health HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    stream.write_all(&pipeline).await.unwrap();
+    let mut bytes = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_end(&mut bytes),
+    )
+    .await
+    .expect("the connection is closed after the bad head")
+    .unwrap();
+    let answers = answers(&bytes);
+    let statuses: Vec<u16> = answers.iter().map(|(status, _)| *status).collect();
+    assert_eq!(statuses, [200, 400, 200, 400], "{answers:?}");
+    assert_ne!(
+        answers[1].1["error"], "Malformed request",
+        "the PUT's body was read as its body: {answers:?}"
+    );
+    assert_eq!(answers[3].1["error"], "Malformed request", "{answers:?}");
+    assert!(
+        app.redis_keys().iter().all(|k| !k.contains("bob")),
+        "nothing stored"
+    );
 }
