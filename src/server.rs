@@ -37,8 +37,7 @@ const MAX_REQUEST_LINE: usize = 16 * 1024;
 const MAX_HEAD: usize = 64 * 1024;
 /// The most headers accepted: hyper's own default limit, which it parses on the
 /// stack (setting any limit moves that parse to the heap: about 5 % per request).
-/// Later requests on a connection get hyper's bare 431 above it; below it, the
-/// API's edge answers size limits with JSON.
+/// The front refuses more, with JSON, before hyper sees them.
 const MAX_HEADERS: usize = 100;
 /// How much is read from a socket at a time.
 const READ_SIZE: usize = 8 * 1024;
@@ -58,11 +57,13 @@ pub async fn serve(
         router: TowerToHyperService::new(api::router(state.clone())),
         state,
     };
+    // Counts the live connections: shutdown waits for them.
     let graceful = GracefulShutdown::new();
-    // Tells connections still waiting for their first request head to close:
-    // hyper's graceful shutdown only reaches connections it already serves, and
-    // clients open connections ahead of need (hyper's pool races a new connect
-    // against a returning one), which would otherwise hold shutdown for the grace.
+    // Tells every connection that shutdown began. One still waiting for its first
+    // request head closes at once: clients open connections ahead of need (hyper's
+    // pool races a new connect against a returning one), and those would otherwise
+    // hold shutdown for the whole grace period. One that hyper serves finishes its
+    // request in flight, then ends.
     let (closing, closing_rx) = watch::channel(false);
     tokio::pin!(shutdown);
     loop {
@@ -148,8 +149,7 @@ async fn connection(
     if let Err(error) = ended {
         tracing::debug!(%error, "connection ended with an error");
     }
-    let Checked { front, stream } = conn.into_parts().io.into_inner();
-    let mut stream = stream;
+    let Checked { front, mut stream } = conn.into_parts().io.into_inner();
     match front.refused {
         Some(error) => {
             let _ = write_refusal(&mut stream, error).await;
