@@ -130,8 +130,8 @@ impl Refresher {
         while !self.store.try_lease(key, &owner, LEASE_TTL).await? {
             self.wait_for_lease(key, deadline).await?;
         }
+        // A stored grant leaves this instance's cache in `store_acquired`.
         let result = self.exchange_and_store(key, grant).await;
-        self.forget(key);
         if let Err(error) = self.store.release_lease(key, &owner).await {
             tracing::warn!(%error, "could not release a refresh lease");
         }
