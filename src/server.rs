@@ -231,19 +231,28 @@ impl Front {
     /// Reads until the first request head is complete and checked: `false` when
     /// the client left first or the head was refused.
     async fn first_head(&mut self, stream: &mut TcpStream) -> io::Result<bool> {
+        std::future::poll_fn(|cx| self.poll_checked(stream, cx)).await?;
+        Ok(self.checked > 0)
+    }
+
+    /// Reads from `stream` until some bytes may go to hyper, a head was refused,
+    /// or the client closed.
+    fn poll_checked(
+        &mut self,
+        stream: &mut TcpStream,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
         loop {
             self.classify();
-            if self.checked > 0 {
-                return Ok(true);
+            if self.checked > 0 || self.refused.is_some() || self.eof {
+                return Poll::Ready(Ok(()));
             }
-            if self.refused.is_some() {
-                return Ok(false);
+            let mut read = ReadBuf::new(self.space());
+            std::task::ready!(Pin::new(&mut *stream).poll_read(cx, &mut read))?;
+            match read.filled().len() {
+                0 => self.eof = true,
+                n => self.end += n,
             }
-            let n = stream.read(self.space()).await?;
-            if n == 0 {
-                return Ok(false);
-            }
-            self.end += n;
         }
     }
 
@@ -315,29 +324,16 @@ impl AsyncRead for Checked {
         out: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let Self { front, stream } = self.get_mut();
-        loop {
-            front.classify();
-            if front.checked > 0 {
-                let n = front.checked.min(out.remaining());
-                out.put_slice(&front.pending()[..n]);
-                front.consume(n);
-                front.checked -= n;
-                return Poll::Ready(Ok(()));
-            }
-            // A refused head, or the client gone: the end of the stream for hyper.
-            if front.refused.is_some() || front.eof {
-                return Poll::Ready(Ok(()));
-            }
-            let mut read = ReadBuf::new(front.space());
-            match Pin::new(&mut *stream).poll_read(cx, &mut read) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
-                Poll::Ready(Ok(())) => match read.filled().len() {
-                    0 => front.eof = true,
-                    n => front.end += n,
-                },
-            }
+        std::task::ready!(front.poll_checked(stream, cx))?;
+        // Nothing checked means a refused head or the client gone: the end of the
+        // stream for hyper.
+        if front.checked > 0 {
+            let n = front.checked.min(out.remaining());
+            out.put_slice(&front.pending()[..n]);
+            front.consume(n);
+            front.checked -= n;
         }
+        Poll::Ready(Ok(()))
     }
 }
 
