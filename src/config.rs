@@ -317,17 +317,15 @@ impl Config {
                 need(!self.client_id.is_empty(), "AZURE_CLIENT_ID")?;
                 need(self.client_secret.is_some(), "AZURE_CLIENT_SECRET")
             }
-            AgentFlow::ManagedIdentity => {
-                match self.scopes.iter().find(|s| s.parts().count() > 1) {
-                    Some(scope) => Err(bad(
-                        "TOKEN_SCOPES",
-                        format!(
-                            "{scope:?} has several scopes in one token, which a managed identity cannot get (one resource per token)"
-                        ),
-                    )),
-                    None => Ok(()),
-                }
-            }
+            AgentFlow::ManagedIdentity => match self.scopes.iter().find(|s| s.is_several()) {
+                Some(scope) => Err(bad(
+                    "TOKEN_SCOPES",
+                    format!(
+                        "{scope:?} has several scopes in one token, which a managed identity cannot get (one resource per token)"
+                    ),
+                )),
+                None => Ok(()),
+            },
         }
     }
 }

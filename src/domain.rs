@@ -100,6 +100,12 @@ impl Scope {
     pub fn parts(&self) -> impl Iterator<Item = &str> {
         self.0.split(' ')
     }
+
+    /// Whether this asks for several scopes in one token (which a managed identity
+    /// cannot get).
+    pub fn is_several(&self) -> bool {
+        self.0.contains(' ')
+    }
 }
 
 impl fmt::Debug for Scope {

@@ -165,7 +165,7 @@ impl Refresher {
     pub fn is_obtainable(&self, key: &TokenKey) -> bool {
         !(matches!(key, TokenKey::Agent(_))
             && self.identity.one_resource_per_token()
-            && key.scope().parts().nth(1).is_some())
+            && key.scope().is_several())
     }
 
     /// Callers waiting on or running the flight for `key`: lock contention, for
