@@ -617,9 +617,7 @@ async fn managed_identity_goes_through_azure_identity_to_the_app_service_endpoin
     let idp = Idp::start().await;
     let keys = Keys::new();
     let port = free_port();
-    let mut env = redis.env();
-    env.extend(idp.managed_identity_env());
-    env.push(("TOKEN_API_KEYS".into(), keys.json.clone()));
+    let mut env = handler_env(&redis, idp.managed_identity_env(), &keys);
     env.push(("TOKEN_SCOPES".into(), ";".into()));
     let mut handler = Handler::start(&["serve", "--port", &port.to_string()], &env, port);
     handler.wait_for_probe().await;

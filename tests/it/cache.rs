@@ -30,9 +30,7 @@ async fn a_change_through_one_instance_is_served_by_the_other_within_a_second() 
     let mut handlers = Vec::new();
     for _ in 0..2 {
         let port = free_port();
-        let mut env = redis.env();
-        env.extend(idp.env());
-        env.push(("TOKEN_API_KEYS".into(), keys.json.clone()));
+        let mut env = handler_env(&redis, idp.env(), &keys);
         env.push(("TOKEN_SCOPES".into(), ";".into()));
         let mut handler = Handler::start(&["serve", "--port", &port.to_string()], &env, port);
         handler.wait_for_probe().await;

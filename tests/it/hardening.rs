@@ -42,8 +42,16 @@ async fn raw(port: u16, request: &[u8]) -> (u16, String) {
     answer_of(stream, request).await
 }
 
-/// The same as the second request on a kept-alive connection, after a valid one
-/// (the server's front reads only a connection's first request head itself).
+/// One request over a raw connection, as the first request on it or as the
+/// second, after a valid one on the same kept-alive connection (the server's
+/// front checks every head, not only a connection's first).
+async fn raw_as(port: u16, request: &[u8], second: bool) -> (u16, String) {
+    match second {
+        false => raw(port, request).await,
+        true => raw_second(port, request).await,
+    }
+}
+
 async fn raw_second(port: u16, request: &[u8]) -> (u16, String) {
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
@@ -57,13 +65,7 @@ async fn raw_second(port: u16, request: &[u8]) -> (u16, String) {
         head.push(stream.read_u8().await.expect("the first answer's head"));
     }
     let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
-    let length: usize = head
-        .split("content-length: ")
-        .nth(1)
-        .and_then(|rest| rest.split("\r\n").next())
-        .and_then(|n| n.parse().ok())
-        .expect("the first answer has a length");
-    let mut body = vec![0; length];
+    let mut body = vec![0; content_length(&head).expect("the first answer has a length")];
     stream.read_exact(&mut body).await.unwrap();
     assert!(head.starts_with("http/1.1 200"), "{head}");
     answer_of(stream, request).await
@@ -112,9 +114,7 @@ async fn hostile_requests_get_json_4xx_and_change_nothing() {
         .sadd("annika:tokens:active", "annika:tokens:agent:User.Read")
         .unwrap();
     let port = free_port();
-    let mut env = redis.env();
-    env.extend(idp.env());
-    env.push(("TOKEN_API_KEYS".into(), keys.json.clone()));
+    let mut env = handler_env(&redis, idp.env(), &keys);
     env.push(("TOKEN_SCOPES".into(), "User.Read".into()));
     env.push(("FUNCTIONS_CUSTOMHANDLER_PORT".into(), port.to_string()));
     let mut handler = Handler::start(&[], &env, port);
@@ -265,10 +265,7 @@ async fn hostile_requests_get_json_4xx_and_change_nothing() {
     );
 
     for ((name, bytes), second) in cases.iter().flat_map(|case| [(case, false), (case, true)]) {
-        let (status, body) = match second {
-            false => raw(port, bytes).await,
-            true => raw_second(port, bytes).await,
-        };
+        let (status, body) = raw_as(port, bytes, second).await;
         let name = format!("{name}{}", if second { " (second request)" } else { "" });
         assert!((400..500).contains(&status), "{name}: {status} {body}");
         let json: Value = serde_json::from_str(&body)
@@ -298,10 +295,7 @@ async fn hostile_requests_get_json_4xx_and_change_nothing() {
         .into_bytes(),
     ];
     for (bytes, second) in malformed.iter().flat_map(|m| [(m, false), (m, true)]) {
-        let (status, body) = match second {
-            false => raw(port, bytes).await,
-            true => raw_second(port, bytes).await,
-        };
+        let (status, body) = raw_as(port, bytes, second).await;
         assert!((400..500).contains(&status), "{status}");
         let json: Value = serde_json::from_str(&body)
             .unwrap_or_else(|_| panic!("{status} body is not JSON: {body:.200}"));
@@ -565,18 +559,23 @@ async fn audit_events_go_to_a_capped_stream_with_request_ids_and_no_tokens() {
     assert!(!everything.contains(&token), "no token in the audit trail");
 }
 
+/// The `content-length` of an answer's head, lowercased.
+fn content_length(head: &str) -> Option<usize> {
+    head.split("content-length: ")
+        .nth(1)?
+        .split("\r\n")
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// The answers in `bytes`, in order: status and JSON body of each.
 fn answers(mut bytes: &[u8]) -> Vec<(u16, Value)> {
     let mut out = Vec::new();
     while let Some(end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") {
         let head = String::from_utf8_lossy(&bytes[..end]).to_ascii_lowercase();
         let status = head[9..12].parse().unwrap();
-        let length: usize = head
-            .split("content-length: ")
-            .nth(1)
-            .and_then(|rest| rest.split("\r\n").next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0);
+        let length = content_length(&head).unwrap_or(0);
         let body = &bytes[end + 4..end + 4 + length];
         out.push((status, serde_json::from_slice(body).unwrap_or(Value::Null)));
         bytes = &bytes[end + 4 + length..];

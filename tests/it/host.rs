@@ -8,13 +8,6 @@ use sha2::Digest;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 
-fn handler_env(redis: &RedisServer, idp: &Idp, keys: &Keys) -> Vec<(String, String)> {
-    let mut env = redis.env();
-    env.extend(idp.env());
-    env.push(("TOKEN_API_KEYS".into(), keys.json.clone()));
-    env
-}
-
 fn timer_payload(schedule_status: Value) -> Value {
     json!({
         "Data": {"timer": {"Schedule": {"AdjustForDST": true}, "ScheduleStatus": schedule_status, "IsPastDue": false}},
@@ -45,7 +38,7 @@ async fn as_a_custom_handler_it_serves_forwarded_requests_and_timer_invocations(
     let idp = Idp::start().await;
     let keys = Keys::new();
     let port = free_port();
-    let mut env = handler_env(&redis, &idp, &keys);
+    let mut env = handler_env(&redis, idp.env(), &keys);
     env.push(("FUNCTIONS_CUSTOMHANDLER_PORT".into(), port.to_string()));
     let mut handler = Handler::start(&[], &env, port);
     assert_eq!(handler.wait_for_probe().await, StatusCode::OK);
@@ -195,7 +188,7 @@ async fn every_route_of_the_function_json_files_is_served() {
     let idp = Idp::start().await;
     let keys = Keys::new();
     let port = free_port();
-    let mut env = handler_env(&redis, &idp, &keys);
+    let mut env = handler_env(&redis, idp.env(), &keys);
     env.push(("FUNCTIONS_CUSTOMHANDLER_PORT".into(), port.to_string()));
     let mut handler = Handler::start(&[], &env, port);
     handler.wait_for_probe().await;
@@ -369,7 +362,7 @@ async fn keys_new_prints_a_key_whose_hash_is_in_its_entry() {
 async fn sweep_mode_prints_its_summary_and_fails_without_redis() {
     let mut redis = RedisServer::start();
     let idp = Idp::start().await;
-    let env = handler_env(&redis, &idp, &Keys::new());
+    let env = handler_env(&redis, idp.env(), &Keys::new());
     let run = |env: &[(String, String)]| Handler::start(&["sweep"], env, 0).finish();
     let (status, stdout, logs) = run(&env);
     assert!(status.success(), "{logs}");
@@ -398,7 +391,7 @@ async fn log_format_json_writes_one_json_object_per_line() {
     let idp = Idp::start().await;
     let keys = Keys::new();
     let port = free_port();
-    let mut env = handler_env(&redis, &idp, &keys);
+    let mut env = handler_env(&redis, idp.env(), &keys);
     env.push(("LOG_FORMAT".into(), "json".into()));
     let mut handler = Handler::start(&["serve", "--port", &port.to_string()], &env, port);
     handler.wait_for_probe().await;

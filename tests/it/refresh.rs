@@ -85,9 +85,7 @@ async fn three_instances_make_one_identity_provider_request_per_refresh_round() 
     let mut handlers = Vec::new();
     for _ in 0..3 {
         let port = free_port();
-        let mut env = redis.env();
-        env.extend(idp.env());
-        env.push(("TOKEN_API_KEYS".into(), keys.json.clone()));
+        let mut env = handler_env(&redis, idp.env(), &keys);
         env.push(("FUNCTIONS_CUSTOMHANDLER_PORT".into(), port.to_string()));
         // 60 forced refreshes a round from one key: not what the rate limit is for.
         env.push(("TOKEN_REFRESH_RATE_PER_MIN".into(), "0".into()));
@@ -283,9 +281,7 @@ async fn a_redis_restart_under_load_is_survived() {
     let idp = Idp::start().await;
     let keys = Keys::new();
     let port = free_port();
-    let mut env = redis.env();
-    env.extend(idp.env());
-    env.push(("TOKEN_API_KEYS".into(), keys.json.clone()));
+    let mut env = handler_env(&redis, idp.env(), &keys);
     env.push(("TOKEN_REFRESH_INTERVAL_SECS".into(), "1".into()));
     let mut handler = Handler::start(&["serve", "--port", &port.to_string()], &env, port);
     handler.wait_for_probe().await;

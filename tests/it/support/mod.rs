@@ -122,6 +122,19 @@ pub struct Twin {
     _stops: Stops,
 }
 
+/// The variables a `handler` process needs: this Redis, an identity (the double's
+/// `env()` or `managed_identity_env()`), and the test keys.
+pub fn handler_env(
+    redis: &RedisServer,
+    identity: Vec<(String, String)>,
+    keys: &Keys,
+) -> Vec<(String, String)> {
+    let mut env = redis.env();
+    env.extend(identity);
+    env.push(("TOKEN_API_KEYS".into(), keys.json.clone()));
+    env
+}
+
 impl TestApp {
     pub async fn spawn() -> Self {
         Self::spawn_with(&[]).await
