@@ -19,9 +19,9 @@ pub fn log_dir() -> std::path::PathBuf {
     let _ = std::fs::create_dir_all(&dir);
     dir
 }
-use token_broker::clock::unix_now;
+use token_broker::clock::Clock;
 use token_broker::config::Config;
-use token_broker::{AppState, Issuer};
+use token_broker::{AppState, Setup};
 
 const DUE: usize = 1_000;
 const RUNS: usize = 3;
@@ -34,7 +34,7 @@ fn key(i: usize) -> String {
 
 /// Writes `stored` tokens in the service's layout, pipelined; the first `DUE` are due.
 fn populate(conn: &mut redis_server::TestConn, stored: usize) {
-    let now = unix_now();
+    let now = Clock::System.now();
     let token = "x".repeat(TOKEN_BYTES);
     for start in (0..stored).step_by(10_000) {
         let mut pipe = redis::pipe();
@@ -59,7 +59,7 @@ fn populate(conn: &mut redis_server::TestConn, stored: usize) {
 fn make_due(conn: &mut redis_server::TestConn) {
     let mut pipe = redis::pipe();
     for i in 0..DUE {
-        pipe.zadd("annika:tokens:schedule", key(i), unix_now() - 10)
+        pipe.zadd("annika:tokens:schedule", key(i), Clock::System.now() - 10)
             .ignore();
     }
     pipe.query::<()>(conn).expect("reschedule");
@@ -100,14 +100,14 @@ async fn measure(stored: usize) -> Measured {
     vars.push(("TOKEN_SCOPES".into(), "bench.scope.0".into()));
     vars.push(("TOKEN_API_AUTH".into(), "none".into()));
     let config = Config::from_vars(vars).expect("config");
-    let state = AppState::build(&config, Issuer::Entra).expect("state");
+    let state = AppState::build(&config, Setup::standalone()).expect("state");
     let (mut millis, mut trips, mut refreshed) = (Vec::new(), Vec::new(), 0);
     for run in 0..RUNS {
         if run > 0 {
             make_due(&mut conn);
         }
         let started = Instant::now();
-        let summary = state.refresher.sweep().await.expect("sweep");
+        let summary = state.tokens.sweep().await.expect("sweep");
         millis.push(started.elapsed().as_secs_f64() * 1000.0);
         trips.push(summary.round_trips as f64);
         refreshed = summary.refreshed;

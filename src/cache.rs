@@ -4,17 +4,21 @@
 //! costs a map lookup and no JSON work. Every instance drops an entry when any
 //! instance refreshes, stores or deletes that token: writes publish the token's
 //! key on the Redis channel `{ns}tokens:events` (see README), and each instance
-//! listens. Entries are served without asking Redis only while that subscription
-//! is live; while it is down they are used only if Redis cannot be reached at all.
+//! listens ([`listen`]). Entries are served without asking Redis only while that
+//! subscription is live; while it is down they are used only if Redis cannot be
+//! reached at all.
 
-use crate::clock::unix_now;
+use crate::clock::Clock;
 use crate::domain::TokenKey;
 use crate::secret::Secret;
-use crate::store::TokenRecord;
+use crate::store::{SharedStore, TokenRecord};
 use axum::body::Bytes;
+use futures::StreamExt;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::sync::watch;
 
 /// A token as the API serves it.
 #[derive(Debug)]
@@ -66,6 +70,7 @@ const STRIPES: usize = 256;
 /// reader).
 pub struct TokenCache {
     entries: RwLock<Entries>,
+    clock: Clock,
     live: AtomicBool,
     generation: AtomicU64,
     max_entries: usize,
@@ -91,8 +96,9 @@ fn stripe(key: &TokenKey) -> usize {
 }
 
 impl TokenCache {
-    pub fn new(max_entries: usize, max_bytes: usize) -> Self {
+    pub fn new(max_entries: usize, max_bytes: usize, clock: Clock) -> Self {
         Self {
+            clock,
             entries: RwLock::new(Entries {
                 map: HashMap::new(),
                 bytes: 0,
@@ -121,7 +127,7 @@ impl TokenCache {
         entries
             .map
             .get(key)
-            .filter(|served| served.seconds_left(unix_now()) >= min_validity as i64)
+            .filter(|served| served.seconds_left(self.clock.now()) >= min_validity as i64)
             .cloned()
     }
 
@@ -132,12 +138,36 @@ impl TokenCache {
 
     /// Keeps `served` unless `key` was invalidated since `ticket` was taken.
     pub fn insert(&self, key: &TokenKey, served: Arc<Served>, ticket: Ticket) {
-        let size = served.body.len();
-        if size > self.max_bytes / 16 {
-            return;
-        }
         let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
         if ticket.0 < entries.floor || entries.stripes[stripe(key)] > ticket.0 {
+            return;
+        }
+        self.put(&mut entries, key, served);
+    }
+
+    /// What this instance just wrote to the store under `key`: replaces the entry
+    /// at once, and refuses every read that began before the write. When another
+    /// change of `key` was heard of since `ticket` (taken before the write), the
+    /// entry is dropped instead: which write is newer is the store's to say.
+    pub fn written(&self, key: &TokenKey, served: Arc<Served>, ticket: Ticket) {
+        let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
+        let heard_of_another = ticket.0 < entries.floor || entries.stripes[stripe(key)] > ticket.0;
+        entries.stripes[stripe(key)] = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        if heard_of_another {
+            if let Some(old) = entries.map.remove(key) {
+                entries.bytes -= old.body.len();
+            }
+            return;
+        }
+        self.put(&mut entries, key, served);
+    }
+
+    fn put(&self, entries: &mut Entries, key: &TokenKey, served: Arc<Served>) {
+        let size = served.body.len();
+        if size > self.max_bytes / 16 {
+            if let Some(old) = entries.map.remove(key) {
+                entries.bytes -= old.body.len();
+            }
             return;
         }
         if let Some(old) = entries.map.remove(key) {
@@ -146,7 +176,7 @@ impl TokenCache {
         if entries.map.len() >= self.max_entries || entries.bytes + size > self.max_bytes {
             // Full: expired entries go first; if that is not enough, everything
             // (a refill costs one Redis read per key, and this is rare).
-            let now = unix_now();
+            let now = self.clock.now();
             entries.map.retain(|_, served| served.expires_on > now);
             entries.bytes = entries.map.values().map(|s| s.body.len()).sum();
             if entries.map.len() >= self.max_entries || entries.bytes + size > self.max_bytes {
@@ -196,6 +226,47 @@ impl TokenCache {
     }
 }
 
+/// Listens for changed keys and drops their entries, until `stop` turns true.
+/// Resubscribes after a lost connection; while unsubscribed the cache is not
+/// trusted (see [`TokenCache::set_live`]).
+pub fn listen(
+    cache: Arc<TokenCache>,
+    store: SharedStore,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut pause = Duration::from_millis(100);
+        loop {
+            match store.changes().await {
+                Ok(mut changes) => {
+                    cache.set_live(true);
+                    pause = Duration::from_millis(100);
+                    loop {
+                        tokio::select! {
+                            changed = changes.next() => match changed {
+                                Some(key) => cache.invalidate(&key),
+                                None => break,
+                            },
+                            _ = stop.changed() => {
+                                cache.set_live(false);
+                                return;
+                            }
+                        }
+                    }
+                    cache.set_live(false);
+                    tracing::warn!("lost the change-event subscription; resubscribing");
+                }
+                Err(error) => tracing::debug!(%error, "cannot subscribe to change events yet"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = stop.changed() => return,
+            }
+            pause = (pause * 2).min(Duration::from_secs(2));
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,9 +292,9 @@ mod tests {
 
     #[test]
     fn serves_only_while_live_and_never_below_min_validity() {
-        let cache = TokenCache::new(10, 1 << 20);
+        let cache = TokenCache::new(10, 1 << 20, Clock::System);
         cache.set_live(true);
-        let now = unix_now();
+        let now = Clock::System.now();
         cache.insert(&key("A"), served("a", now + 100), cache.ticket());
         assert!(cache.get(&key("A"), 50).is_some());
         assert!(
@@ -241,9 +312,9 @@ mod tests {
 
     #[test]
     fn bounded_in_entries_and_bytes() {
-        let cache = TokenCache::new(3, 1 << 20);
+        let cache = TokenCache::new(3, 1 << 20, Clock::System);
         cache.set_live(true);
-        let now = unix_now();
+        let now = Clock::System.now();
         for i in 0..10 {
             cache.insert(
                 &key(&format!("S{i}")),
@@ -252,7 +323,7 @@ mod tests {
             );
             assert!(cache.len() <= 3);
         }
-        let small = TokenCache::new(100, 16 * 200);
+        let small = TokenCache::new(100, 16 * 200, Clock::System);
         small.set_live(true);
         for i in 0..100 {
             small.insert(
@@ -269,9 +340,9 @@ mod tests {
 
     #[test]
     fn a_reader_that_started_before_an_invalidation_cannot_insert() {
-        let cache = TokenCache::new(10, 1 << 20);
+        let cache = TokenCache::new(10, 1 << 20, Clock::System);
         cache.set_live(true);
-        let now = unix_now();
+        let now = Clock::System.now();
         let slow_reader = cache.ticket();
         // Meanwhile the token is deleted or refreshed elsewhere.
         cache.invalidate(&key("A"));
@@ -287,5 +358,27 @@ mod tests {
             cache.get(&key("B"), 0).is_none(),
             "older than the last clear"
         );
+    }
+
+    #[test]
+    fn a_write_replaces_the_entry_and_refuses_reads_that_began_before_it() {
+        let cache = TokenCache::new(10, 1 << 20, Clock::System);
+        cache.set_live(true);
+        let now = Clock::System.now();
+        let slow_reader = cache.ticket();
+        let writer = cache.ticket();
+        cache.written(&key("A"), served("new", now + 100), writer);
+        assert_eq!(cache.get(&key("A"), 0).unwrap().token.expose(), "new");
+        cache.insert(&key("A"), served("old", now + 100), slow_reader);
+        assert_eq!(
+            cache.get(&key("A"), 0).unwrap().token.expose(),
+            "new",
+            "a read that began before the write cannot put the old token back"
+        );
+        // Another change heard of during the write: which is newer is unknown.
+        let writer = cache.ticket();
+        cache.invalidate(&key("A"));
+        cache.written(&key("A"), served("mine", now + 100), writer);
+        assert!(cache.get(&key("A"), 0).is_none());
     }
 }

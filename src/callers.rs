@@ -1,7 +1,6 @@
-//! Who may call (SPEC §7): API keys compared by hash, scope and user allowlists,
-//! and the audit event every token operation emits.
+//! Who may call (SPEC §7): API keys compared by hash, and the scopes and users
+//! each caller may read.
 
-use crate::config::AuthMode;
 use crate::domain::TokenKey;
 use crate::secret::Secret;
 use base64::Engine as _;
@@ -9,6 +8,14 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
+
+/// `TOKEN_API_AUTH`: how callers prove who they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMode {
+    Keys,
+    None,
+}
 
 /// One entry of `TOKEN_API_KEYS`, as operators write it.
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -193,82 +200,6 @@ pub fn new_key(
         admin,
     };
     (Secret::new(key), entry)
-}
-
-/// The outcome field of an audit event.
-#[derive(Debug, Clone, Copy)]
-pub enum Outcome {
-    Ok,
-    NotFound,
-    Denied,
-    Failed,
-}
-
-tokio::task_local! {
-    /// The id of the request being served: the host's invocation id, the caller's
-    /// `x-request-id`, or one made up at the edge. Audit events carry it.
-    pub static REQUEST_ID: String;
-}
-
-/// One audit event, as appended to the optional Redis stream.
-#[derive(Debug, Clone)]
-pub struct AuditRecord {
-    pub caller: String,
-    pub action: &'static str,
-    pub scope: String,
-    pub user: Option<String>,
-    pub outcome: Outcome,
-    pub token_fp: Option<String>,
-    pub request_id: Option<String>,
-}
-
-/// One structured event per token read, refresh, store and delete (SPEC §7).
-/// Carries the token's fingerprint, never the token. Borrows everything: it runs
-/// on every read.
-pub fn audit(
-    caller: &str,
-    action: &'static str,
-    key: &TokenKey,
-    outcome: Outcome,
-    token: Option<&Secret>,
-) {
-    let emit = |request_id: Option<&str>| {
-        tracing::info!(
-            target: "audit",
-            caller,
-            action,
-            scope = key.scope().as_str(),
-            user = key.user().map(|u| u.as_str()),
-            outcome = ?outcome,
-            token_fp = token.map(Secret::fingerprint),
-            request_id,
-            "token {action}"
-        );
-    };
-    if REQUEST_ID.try_with(|id| emit(Some(id))).is_err() {
-        emit(None);
-    }
-}
-
-impl AuditRecord {
-    /// The event as appended to the audit stream.
-    pub fn new(
-        caller: &str,
-        action: &'static str,
-        key: &TokenKey,
-        outcome: Outcome,
-        token: Option<&Secret>,
-    ) -> Self {
-        Self {
-            caller: caller.to_owned(),
-            action,
-            scope: key.scope().as_str().to_owned(),
-            user: key.user().map(|u| u.as_str().to_owned()),
-            outcome,
-            token_fp: token.map(|t| t.fingerprint().to_owned()),
-            request_id: REQUEST_ID.try_with(Clone::clone).ok(),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -27,8 +27,10 @@ pub struct IdpLabels {
     pub outcome: &'static str,
 }
 
+/// Cheap to clone: every metric is a handle onto shared counters.
+#[derive(Clone)]
 pub struct Metrics {
-    registry: Registry,
+    registry: std::sync::Arc<Registry>,
     pub requests: Family<RequestLabels, Counter>,
     pub cache: Family<ResultLabels, Counter>,
     pub idp_requests: Family<IdpLabels, Counter>,
@@ -92,7 +94,7 @@ impl Default for Metrics {
             soonest_expiry_seconds.clone(),
         );
         Self {
-            registry,
+            registry: std::sync::Arc::new(registry),
             requests,
             cache,
             idp_requests,

@@ -1,37 +1,50 @@
-//! The token routes.
+//! The token routes. Each works out what happened, then audits it once.
 
-use super::input::{parse_grant, parse_query, path_request};
-use super::{ApiError, Authed};
-use crate::AppState;
-use crate::callers::{Caller, Outcome};
-use crate::clock::unix_now;
-use crate::domain::{TokenKey, UserId};
-use crate::store::{RefreshStatus, TokenRecord};
+use super::input::{TokenQuery, parse_query, path_request};
+use super::limits::MAX_BODY;
+use super::{ApiError, Route, parse_grant};
+use crate::app::AppState;
+use crate::audit::{Action, Outcome};
+use crate::callers::Caller;
+use crate::domain::{Scope, TokenKey, UserId};
+use crate::refresh::Stored;
+use crate::secret::Secret;
+use crate::store::{RefreshStatus, StoredToken, TokenRecord};
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::extract::rejection::BytesRejection;
+use axum::body::Body;
 use axum::http::{StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-/// The part of the raw path after `prefix`; routing guarantees the prefix.
-fn path_rest<'a>(uri: &'a Uri, prefix: &str) -> &'a str {
-    uri.path().strip_prefix(prefix).unwrap_or_default()
+/// Why a token operation did not happen: its audit outcome and its answer.
+type Refused = (Outcome, ApiError);
+
+/// Audits `result` once, then turns it into the route's answer.
+async fn audited<T>(
+    app: &AppState,
+    caller: &Caller,
+    action: Action,
+    key: &TokenKey,
+    result: Result<T, Refused>,
+    token: impl Fn(&T) -> Option<&Secret>,
+) -> Result<T, ApiError> {
+    let (outcome, handed_out) = match &result {
+        Ok(done) => (Outcome::Ok, token(done)),
+        Err((outcome, _)) => (*outcome, None),
+    };
+    app.audit
+        .record(&caller.name, action, key, outcome, handed_out)
+        .await;
+    result.map_err(|(_, error)| error)
 }
 
-/// `GET /api/tokens/{scope}`.
-pub async fn get_token(
-    State(app): State<AppState>,
-    Authed(caller): Authed,
-    uri: Uri,
+/// `GET /api/tokens/{scope}`: the hot path.
+pub(super) async fn read(
+    app: &AppState,
+    caller: &Caller,
+    scope: Scope,
+    query: TokenQuery,
 ) -> Result<Response, ApiError> {
-    read(&app, &caller, &uri).await
-}
-
-/// The work of [`get_token`], also called by the router's bypass for token reads.
-pub(super) async fn read(app: &AppState, caller: &Caller, uri: &Uri) -> Result<Response, ApiError> {
-    let (scope, query) = path_request(path_rest(uri, "/api/tokens/"), uri.query())?;
     serve(
         app,
         caller,
@@ -42,23 +55,23 @@ pub(super) async fn read(app: &AppState, caller: &Caller, uri: &Uri) -> Result<R
 }
 
 /// `GET /api/tokens?scope=X` reads a token; `GET /api/tokens` lists them.
-pub async fn list_or_get(
-    State(app): State<AppState>,
-    Authed(caller): Authed,
-    uri: Uri,
+pub(super) async fn list_or_get(
+    app: &AppState,
+    caller: &Caller,
+    uri: &Uri,
 ) -> Result<Response, ApiError> {
     let query = parse_query(uri.query())?;
     match query.scope {
         Some(scope) => {
             serve(
-                &app,
-                &caller,
+                app,
+                caller,
                 TokenKey::new(scope, query.user),
                 query.min_validity,
             )
             .await
         }
-        None => list(&app, &caller, query.user.as_ref()).await,
+        None => list(app, caller, query.user.as_ref()).await,
     }
 }
 
@@ -68,37 +81,27 @@ async fn serve(
     key: TokenKey,
     min_validity: Option<u64>,
 ) -> Result<Response, ApiError> {
-    if !caller.may_read(&key) {
-        app.refresher
-            .audit(&caller.name, "read", &key, Outcome::Denied, None)
-            .await;
-        return Err(ApiError::forbidden(&key));
-    }
-    if !app.refresher.is_obtainable(&key) {
+    if caller.may_read(&key) && !app.tokens.is_obtainable(&key) {
         return Err(ApiError::one_resource_only(&key));
     }
     // A caller may ask for more validity than the service minimum, never for less.
-    let floor = app.refresher.settings().min_validity_secs;
+    let floor = app.tokens.settings().min_validity_secs;
     let min_validity = min_validity.unwrap_or(floor).max(floor);
-    let served = match app.refresher.ensure(&key, min_validity).await {
-        Ok(Some(served)) if served.seconds_left(unix_now()) >= min_validity as i64 => served,
-        Ok(_) => {
-            app.refresher
-                .audit(&caller.name, "read", &key, Outcome::NotFound, None)
-                .await;
-            return Err(ApiError::token_not_found(&key).with("min_validity", min_validity));
-        }
-        Err(error) => {
-            app.refresher
-                .audit(&caller.name, "read", &key, Outcome::Failed, None)
-                .await;
-            return Err(ApiError::refresh(&error, &key));
-        }
+    let result = match caller.may_read(&key) {
+        false => Err((Outcome::Denied, ApiError::forbidden(&key))),
+        true => match app.tokens.ensure(&key, min_validity).await {
+            Ok(Some(served)) if served.seconds_left(app.clock.now()) >= min_validity as i64 => {
+                Ok(served)
+            }
+            Ok(_) => Err((
+                Outcome::NotFound,
+                ApiError::token_not_found(&key).with("min_validity", min_validity),
+            )),
+            Err(error) => Err((Outcome::Failed, ApiError::refresh(&error, &key))),
+        },
     };
-    app.refresher
-        .audit(&caller.name, "read", &key, Outcome::Ok, Some(&served.token))
-        .await;
-    app.refresher.note_read(&key, &served);
+    let served = audited(app, caller, Action::Read, &key, result, |s| Some(&s.token)).await?;
+    app.tokens.note_read(&key, &served);
     // Serialized once when the token was stored or first served.
     Ok((
         [(header::CONTENT_TYPE, "application/json")],
@@ -112,42 +115,35 @@ async fn list(
     caller: &Caller,
     user: Option<&UserId>,
 ) -> Result<Response, ApiError> {
-    let listing = app.refresher.store().list().await.map_err(|e| {
+    let listing = app.store.list().await.map_err(|e| {
         tracing::error!(error = %e, "token store failed");
         ApiError::store_unavailable()
     })?;
-    let store = app.refresher.store();
-    let now = unix_now();
-    let visible: Vec<&(TokenKey, TokenRecord)> = listing
+    let now = app.clock.now();
+    let visible: Vec<&StoredToken> = listing
         .iter()
-        .filter(|(key, record)| record.expires_on > now && caller.may_read(key))
-        .filter(|(key, _)| user.is_none() || key.user() == user)
+        .filter(|t| t.record.expires_on > now && caller.may_read(&t.key))
+        .filter(|t| user.is_none() || t.key.user() == user)
         .collect();
-    let visible_keys: Vec<TokenKey> = visible.iter().map(|(k, _)| k.clone()).collect();
+    let visible_keys: Vec<TokenKey> = visible.iter().map(|t| t.key.clone()).collect();
     // Refresh failures are shown with the token; a listing without them is still useful.
-    let statuses = store.statuses(&visible_keys).await.unwrap_or_default();
+    let statuses = app.store.statuses(&visible_keys).await.unwrap_or_default();
     let tokens: Vec<Value> = visible
         .iter()
         .enumerate()
-        .map(|(i, (key, record))| {
-            list_entry(
-                &store.keys().token(key),
-                record,
-                statuses.get(i).cloned().flatten(),
-            )
-        })
+        .map(|(i, t)| list_entry(&t.name, &t.record, statuses.get(i).cloned().flatten()))
         .collect();
     Ok(Json(json!({"count": tokens.len(), "tokens": tokens})).into_response())
 }
 
 /// Metadata only: a listing never carries a token value.
-fn list_entry(full_key: &str, record: &TokenRecord, status: Option<RefreshStatus>) -> Value {
+fn list_entry(name: &str, record: &TokenRecord, status: Option<RefreshStatus>) -> Value {
     let mut entry = json!({
         "scope": record.scope,
         "expires_on": record.expires_on,
         "stored_at": record.stored_at,
         "refresh_count": record.refresh_count,
-        "key": full_key,
+        "key": name,
         "flow": record.metadata.flow,
     });
     if let Some(user) = &record.user_id {
@@ -165,180 +161,104 @@ fn list_entry(full_key: &str, record: &TokenRecord, status: Option<RefreshStatus
     entry
 }
 
-/// `GET /api/tokens/health`: open to anyone, no token data. `degraded` (still a
-/// `503`) when Redis is unreachable but cached tokens are still being served.
-pub async fn health(State(app): State<AppState>) -> Response {
-    let store = app.refresher.store();
-    let reachable = store.ping().await.is_ok();
-    let count = match reachable {
-        true => store.active_count().await.ok(),
-        false => None,
+/// `POST /api/tokens/refresh/{scope}`: a new token from the identity provider.
+pub(super) async fn refresh(
+    app: &AppState,
+    caller: &Caller,
+    uri: &Uri,
+) -> Result<Response, ApiError> {
+    let answer = async {
+        let (scope, query) = path_request(Route::Refresh.scope_part(uri.path()), uri.query())?;
+        let key = TokenKey::new(scope, query.user);
+        if caller.may_read(&key) && !app.tokens.is_obtainable(&key) {
+            return Err(ApiError::one_resource_only(&key));
+        }
+        let result = force(app, caller, &key).await;
+        let record = audited(app, caller, Action::Refresh, &key, result, |r| {
+            Some(&r.token)
+        })
+        .await?;
+        Ok(Json(json!({
+            "status": "success",
+            "message": format!("Token refreshed for scope: {}", key.scope()),
+            "scope": key.scope().as_str(),
+            "expires_on": record.expires_on,
+            "refresh_count": record.refresh_count,
+        }))
+        .into_response())
     };
-    let healthy = reachable && count.is_some();
-    let cache = app.refresher.cache();
-    let cached = cache.map_or(0, |c| c.len());
-    let status = match (healthy, cached) {
-        (true, _) => "healthy",
-        (false, 0) => "unhealthy",
-        (false, _) => "degraded",
-    };
-    let mut body = json!({
-        "status": status,
-        "redis_connected": healthy && store.kind() == "redis",
-        "active_token_count": count.unwrap_or(0),
-        "timestamp": unix_now(),
-        "store": store.kind(),
-        "refresh_waiters": app.refresher.all_flight_waiters(),
-    });
-    if let Some(cache) = cache {
-        body["cache"] = json!({"entries": cached, "live": cache.is_live()});
-    }
-    // Readiness detail beyond the seed's four fields.
-    let seen = app.refresher.idp_seen();
-    body["identity_provider"] = json!({
-        "last_success": seen.last_success,
-        "last_error": seen.last_error.map(|(at, error)| json!({"at": at, "error": error})),
-    });
-    let soonest = match reachable {
-        true => store.soonest_expiry().await.ok().flatten(),
-        false => None,
-    };
-    body["soonest_expiry_in"] = json!(soonest.map(|at| at - unix_now()));
-    let code = if healthy {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (code, Json(body)).into_response()
+    answer.await.map_err(ApiError::refresh_failed)
 }
 
-/// `POST /api/tokens/refresh/{scope}`: a new token from the identity provider.
-pub async fn refresh(
-    State(app): State<AppState>,
-    Authed(caller): Authed,
-    uri: Uri,
-) -> Result<Response, ApiError> {
-    let (scope, query) = path_request(path_rest(&uri, "/api/tokens/refresh/"), uri.query())
-        .map_err(|e| ApiError::from(e).refresh_failed())?;
-    let key = TokenKey::new(scope, query.user);
-    if !caller.may_read(&key) {
-        app.refresher
-            .audit(&caller.name, "refresh", &key, Outcome::Denied, None)
-            .await;
-        return Err(ApiError::forbidden(&key).refresh_failed());
-    }
-    if !app.refresher.is_obtainable(&key) {
-        return Err(ApiError::one_resource_only(&key).refresh_failed());
+async fn force(app: &AppState, caller: &Caller, key: &TokenKey) -> Result<TokenRecord, Refused> {
+    if !caller.may_read(key) {
+        return Err((Outcome::Denied, ApiError::forbidden(key)));
     }
     let limit = app.refresh_rate_per_min;
     if limit > 0 {
-        match app
-            .refresher
-            .store()
-            .count_refresh(&caller.name, &key, 60)
-            .await
-        {
+        match app.store.count_refresh(&caller.name, key, 60).await {
             Ok((count, retry_after)) if count > u64::from(limit) => {
-                app.refresher
-                    .audit(&caller.name, "refresh", &key, Outcome::Denied, None)
-                    .await;
-                return Err(ApiError::too_many_refreshes(&key, limit, retry_after).refresh_failed());
+                return Err((
+                    Outcome::Denied,
+                    ApiError::too_many_refreshes(key, limit, retry_after),
+                ));
             }
             Ok(_) => {}
             Err(error) => {
                 tracing::error!(%error, "token store failed");
-                return Err(ApiError::store_unavailable().refresh_failed());
+                return Err((Outcome::Failed, ApiError::store_unavailable()));
             }
         }
     }
-    match app.refresher.force(&key).await {
-        Ok(Some(record)) => {
-            app.refresher
-                .audit(
-                    &caller.name,
-                    "refresh",
-                    &key,
-                    Outcome::Ok,
-                    Some(&record.token),
-                )
-                .await;
-            Ok(Json(json!({
-                "status": "success",
-                "message": format!("Token refreshed for scope: {}", key.scope()),
-                "scope": key.scope().as_str(),
-                "expires_on": record.expires_on,
-                "refresh_count": record.refresh_count,
-            }))
-            .into_response())
-        }
+    match app.tokens.force(key).await {
+        Ok(Some(record)) => Ok(record),
         Ok(None) => {
-            app.refresher
-                .audit(&caller.name, "refresh", &key, Outcome::NotFound, None)
-                .await;
             let message = match key.user() {
                 Some(_) => "No refresh grant is stored for this user and scope",
                 None => {
                     "This scope is not stored and on-demand acquisition is off (TOKEN_ON_DEMAND=false); add it to TOKEN_SCOPES"
                 }
             };
-            Err(ApiError::token_not_found(&key)
-                .with("message", message)
-                .refresh_failed())
+            Err((
+                Outcome::NotFound,
+                ApiError::token_not_found(key).with("message", message),
+            ))
         }
-        Err(error) => {
-            app.refresher
-                .audit(&caller.name, "refresh", &key, Outcome::Failed, None)
-                .await;
-            Err(ApiError::refresh(&error, &key).refresh_failed())
-        }
+        Err(error) => Err((Outcome::Failed, ApiError::refresh(&error, key))),
     }
 }
 
 /// `DELETE /api/tokens/{scope}`: admin only.
-pub async fn delete_token(
-    State(app): State<AppState>,
-    Authed(caller): Authed,
-    uri: Uri,
+pub(super) async fn delete(
+    app: &AppState,
+    caller: &Caller,
+    uri: &Uri,
 ) -> Result<Response, ApiError> {
-    let (scope, query) = path_request(path_rest(&uri, "/api/tokens/"), uri.query())?;
+    let (scope, query) = path_request(Route::Delete.scope_part(uri.path()), uri.query())?;
     let key = TokenKey::new(scope, query.user);
-    if !caller.admin {
-        app.refresher
-            .audit(&caller.name, "delete", &key, Outcome::Denied, None)
-            .await;
-        return Err(ApiError::admin_only());
-    }
-    match app.refresher.delete(&key).await {
-        Ok(true) => {
-            app.refresher
-                .audit(&caller.name, "delete", &key, Outcome::Ok, None)
-                .await;
-            Ok(StatusCode::NO_CONTENT.into_response())
-        }
-        Ok(false) => {
-            app.refresher
-                .audit(&caller.name, "delete", &key, Outcome::NotFound, None)
-                .await;
-            Err(ApiError::token_not_found(&key))
-        }
-        Err(error) => {
-            app.refresher
-                .audit(&caller.name, "delete", &key, Outcome::Failed, None)
-                .await;
-            tracing::error!(%error, "token store failed");
-            Err(ApiError::store_unavailable())
-        }
-    }
+    let result = match caller.admin {
+        false => Err((Outcome::Denied, ApiError::admin_only())),
+        true => match app.tokens.delete(&key).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err((Outcome::NotFound, ApiError::token_not_found(&key))),
+            Err(error) => {
+                tracing::error!(%error, "token store failed");
+                Err((Outcome::Failed, ApiError::store_unavailable()))
+            }
+        },
+    };
+    audited(app, caller, Action::Delete, &key, result, |_| None).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// `PUT /api/tokens/{scope}?user_id=U`: admin only; stores a user's grant.
-pub async fn put_token(
-    State(app): State<AppState>,
-    Authed(caller): Authed,
-    uri: Uri,
-    body: Result<Bytes, BytesRejection>,
+pub(super) async fn store(
+    app: &AppState,
+    caller: &Caller,
+    uri: &Uri,
+    body: Body,
 ) -> Result<Response, ApiError> {
-    let (scope, query) = path_request(path_rest(&uri, "/api/tokens/"), uri.query())?;
+    let (scope, query) = path_request(Route::Store.scope_part(uri.path()), uri.query())?;
     let Some(user) = query.user else {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -347,64 +267,38 @@ pub async fn put_token(
         ));
     };
     let key = TokenKey::User(user, scope);
-    if !caller.admin {
-        app.refresher
-            .audit(&caller.name, "store", &key, Outcome::Denied, None)
-            .await;
-        return Err(ApiError::admin_only());
-    }
-    let body = body.map_err(|_| {
+    let result = match caller.admin {
+        false => Err((Outcome::Denied, ApiError::admin_only())),
+        true => {
+            let grant = read_grant(app, body).await?;
+            app.tokens
+                .store_user_grant(&key, grant)
+                .await
+                .map_err(|error| (Outcome::Failed, ApiError::refresh(&error, &key)))
+        }
+    };
+    let Stored {
+        record,
+        has_refresh_token,
+    } = audited(app, caller, Action::Store, &key, result, |s| {
+        Some(&s.record.token)
+    })
+    .await?;
+    let mut body = list_entry(&app.store.token_name(&key), &record, None);
+    body["status"] = Value::from("stored");
+    body["has_refresh_token"] = Value::from(has_refresh_token);
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+/// The body of a `PUT`: bad input is refused before anything is audited, asked
+/// or written.
+async fn read_grant(app: &AppState, body: Body) -> Result<crate::refresh::UserGrant, ApiError> {
+    let body = axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "Payload too large",
-            format!("The body must be under {} bytes", super::MAX_BODY),
+            format!("The body must be under {MAX_BODY} bytes"),
         )
     })?;
-    let grant = parse_grant(&body)?;
-    match app.refresher.store_user_grant(&key, grant).await {
-        Ok(record) => {
-            app.refresher
-                .audit(
-                    &caller.name,
-                    "store",
-                    &key,
-                    Outcome::Ok,
-                    Some(&record.token),
-                )
-                .await;
-            let store = app.refresher.store();
-            let has_refresh_token = store.get_secret(&key).await.ok().flatten().is_some();
-            let mut body = list_entry(&store.keys().token(&key), &record, None);
-            body["status"] = Value::from("stored");
-            body["has_refresh_token"] = Value::from(has_refresh_token);
-            Ok((StatusCode::CREATED, Json(body)).into_response())
-        }
-        Err(error) => {
-            app.refresher
-                .audit(&caller.name, "store", &key, Outcome::Failed, None)
-                .await;
-            Err(ApiError::refresh(&error, &key))
-        }
-    }
-}
-
-/// `GET /api/tokens/metrics`: Prometheus (OpenMetrics) text, for any valid key.
-pub async fn metrics(State(app): State<AppState>, Authed(_caller): Authed) -> Response {
-    let store = app.refresher.store();
-    let metrics = &app.refresher.metrics;
-    if let Ok(count) = store.active_count().await {
-        metrics.tokens_stored.set(count as i64);
-    }
-    let soonest = store.soonest_expiry().await.ok().flatten();
-    metrics
-        .soonest_expiry_seconds
-        .set(soonest.map_or(-1, |at| at - unix_now()));
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        metrics.encode(),
-    )
-        .into_response()
+    Ok(parse_grant(&body, app.clock.now())?)
 }

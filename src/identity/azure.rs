@@ -2,7 +2,8 @@
 
 use super::entra::{classify, parse_retry_after};
 use super::{Acquired, IdpError};
-use crate::config::{AgentFlow, Config, ConfigError, is_loopback};
+use crate::clock::Clock;
+use crate::config::{AgentFlow, ConfigError, IdentityConfig, is_loopback};
 use crate::domain::Scope;
 use azure_core::cloud::{CloudConfiguration, CustomConfiguration};
 use azure_core::credentials::TokenCredential;
@@ -24,10 +25,15 @@ pub struct AzureFlow {
     /// Handed to azure_identity as `https://`; see [`LoopbackHttp`].
     authority_host: String,
     transport: Arc<dyn HttpClient>,
+    clock: Clock,
 }
 
 impl AzureFlow {
-    pub fn new(config: &Config, http: reqwest::Client) -> Result<Self, ConfigError> {
+    pub fn new(
+        config: &IdentityConfig,
+        http: reqwest::Client,
+        clock: Clock,
+    ) -> Result<Self, ConfigError> {
         // azure_identity refuses non-https authorities. A loopback issuer (tests, a
         // local emulator) is given to it as https:// and reached over http:// by the
         // transport; config has already refused http:// for any other host.
@@ -50,6 +56,7 @@ impl AzureFlow {
                 .map(|s| azure_core::credentials::Secret::new(s.expose().to_owned())),
             authority_host: authority.as_str().trim_end_matches('/').to_owned(),
             transport,
+            clock,
         })
     }
 
@@ -122,7 +129,9 @@ impl AzureFlow {
             .map_err(map_error)?;
         Ok(Acquired {
             token: crate::secret::Secret::new(token.token.secret().to_owned()),
-            expires_on: token.expires_on.unix_timestamp(),
+            // The SDK reads the system clock; this service may run on another.
+            expires_on: self.clock.now()
+                + (token.expires_on.unix_timestamp() - Clock::System.now()),
             refresh_in: None,
             refresh_token: None,
         })

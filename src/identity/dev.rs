@@ -3,7 +3,7 @@
 //! configured. Nothing outside this process can verify them, which is the point.
 
 use super::Acquired;
-use crate::clock::unix_now;
+use crate::clock::Clock;
 use crate::domain::Scope;
 use crate::secret::Secret;
 use jsonwebtoken::{EncodingKey, Header, encode};
@@ -15,6 +15,7 @@ pub struct DevIssuer {
     issuer: String,
     lifetime_secs: u64,
     issued: AtomicU64,
+    clock: Clock,
 }
 
 #[derive(Serialize)]
@@ -31,20 +32,21 @@ struct Claims<'a> {
 }
 
 impl DevIssuer {
-    pub fn new(lifetime_secs: u64) -> Self {
+    pub fn new(lifetime_secs: u64, clock: Clock) -> Self {
         let secret: [u8; 32] = rand::random();
         Self {
             key: EncodingKey::from_secret(&secret),
             issuer: "urn:token-broker:dev-issuer".to_owned(),
             lifetime_secs,
             issued: AtomicU64::new(0),
+            clock,
         }
     }
 
     /// A token for the agent (`user: None`) or for a user, with a refresh token
     /// for users (any later refresh is answered with a new token).
     pub fn issue(&self, scope: &Scope, user: Option<&str>) -> Acquired {
-        let now = unix_now();
+        let now = self.clock.now();
         let serial = self.issued.fetch_add(1, Ordering::Relaxed);
         let claims = Claims {
             iss: &self.issuer,
@@ -84,7 +86,7 @@ mod tests {
 
     #[test]
     fn issues_signed_jwts_for_the_scope() {
-        let issuer = DevIssuer::new(3600);
+        let issuer = DevIssuer::new(3600, Clock::System);
         let scope = Scope::parse("https://graph.microsoft.com/.default").unwrap();
         let a = issuer.issue(&scope, None);
         let b = issuer.issue(&scope, None);
@@ -93,7 +95,7 @@ mod tests {
         assert_ne!(a.token, b.token);
         let parts: Vec<&str> = a.token.expose().split('.').collect();
         assert_eq!(parts.len(), 3, "header.payload.signature");
-        assert!(a.expires_on >= unix_now() + 3599);
+        assert!(a.expires_on >= Clock::System.now() + 3599);
         assert_eq!(audience(&scope), "https://graph.microsoft.com");
     }
 }

@@ -2,8 +2,8 @@
 //! (resource-owner password, refresh token).
 
 use super::{Acquired, IdpError};
-use crate::clock::unix_now;
-use crate::config::Config;
+use crate::clock::Clock;
+use crate::config::IdentityConfig;
 use crate::domain::Scope;
 use crate::secret::Secret;
 use serde::Deserialize;
@@ -12,6 +12,8 @@ use serde::Deserialize;
 pub struct TokenEndpoint {
     http: reqwest::Client,
     url: String,
+    /// Turns `expires_in` into `expires_on`.
+    clock: Clock,
 }
 
 #[derive(Deserialize)]
@@ -89,8 +91,8 @@ pub(super) fn parse_retry_after(value: Option<&str>) -> Option<u64> {
 }
 
 impl TokenEndpoint {
-    pub fn new(http: reqwest::Client, url: String) -> Self {
-        Self { http, url }
+    pub fn new(http: reqwest::Client, url: String, clock: Clock) -> Self {
+        Self { http, url, clock }
     }
 
     /// Posts one grant and returns the token, or Entra's error classified.
@@ -127,7 +129,7 @@ impl TokenEndpoint {
         })?;
         Ok(Acquired {
             token: success.access_token,
-            expires_on: unix_now() + success.expires_in as i64,
+            expires_on: self.clock.now() + success.expires_in as i64,
             refresh_in: success.refresh_in,
             refresh_token: success.refresh_token,
         })
@@ -143,9 +145,9 @@ pub struct DelegatedClient {
 }
 
 impl DelegatedClient {
-    pub fn new(config: &Config, http: reqwest::Client) -> Self {
+    pub fn new(config: &IdentityConfig, http: reqwest::Client, clock: Clock) -> Self {
         Self {
-            endpoint: TokenEndpoint::new(http, config.token_endpoint()),
+            endpoint: TokenEndpoint::new(http, config.token_endpoint(), clock),
             client_id: config.client_id.clone(),
             client_secret: config.client_secret.clone(),
         }
@@ -230,9 +232,9 @@ pub struct PasswordFlow {
 }
 
 impl PasswordFlow {
-    pub fn new(config: &Config, http: reqwest::Client) -> Self {
+    pub fn new(config: &IdentityConfig, http: reqwest::Client, clock: Clock) -> Self {
         Self {
-            client: DelegatedClient::new(config, http),
+            client: DelegatedClient::new(config, http, clock),
             username: config.agent_user_name.clone().unwrap_or_default(),
             password: config
                 .agent_password

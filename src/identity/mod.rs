@@ -4,6 +4,8 @@
 //! reqwest ([`entra`]); `client_credentials` and `managed_identity` go through
 //! `azure_identity` ([`azure`]); `dev` mode signs its own JWTs ([`dev`]).
 //! `AZURE_AUTHORITY_HOST` points every flow that talks to an authority elsewhere.
+//! Every answer is counted by flow and outcome, and the last success and error are
+//! kept for health.
 
 mod azure;
 mod dev;
@@ -12,10 +14,12 @@ mod entra;
 pub use self::dev::DevIssuer;
 pub use self::entra::TokenEndpoint;
 
+use crate::clock::Clock;
 use crate::config::{AgentFlow, Config, ConfigError};
 use crate::domain::Scope;
+use crate::metrics::{IdpLabels, Metrics};
 use crate::secret::Secret;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// A token as the identity provider issued it.
@@ -119,42 +123,68 @@ enum UserFlow {
     Unavailable,
 }
 
+/// When the identity provider last answered with a token, and its last error.
+#[derive(Debug, Clone, Default)]
+pub struct IdpSeen {
+    pub last_success: Option<i64>,
+    pub last_error: Option<(i64, String)>,
+}
+
 /// The identity provider as the service uses it: agent tokens by the configured
 /// flow, user tokens by on-behalf-of exchange and refresh tokens.
 pub struct Identity {
     agent: AgentGrant,
     users: UserFlow,
+    clock: Clock,
+    metrics: Metrics,
+    seen: Mutex<IdpSeen>,
 }
 
 impl Identity {
-    pub fn from_config(config: &Config) -> Result<Self, ConfigError> {
+    pub fn from_config(
+        config: &Config,
+        clock: Clock,
+        metrics: Metrics,
+    ) -> Result<Self, ConfigError> {
         config.check_agent_credentials()?;
+        let identity = &config.identity;
         let http = http_client()?;
-        let agent = match config.agent_flow {
-            AgentFlow::Password => {
-                AgentGrant::Password(entra::PasswordFlow::new(config, http.clone()))
-            }
-            AgentFlow::ClientCredentials | AgentFlow::ManagedIdentity => {
-                AgentGrant::Azure(azure::AzureFlow::new(config, http.clone())?)
-            }
+        let agent = match identity.agent_flow {
+            AgentFlow::Password => AgentGrant::Password(entra::PasswordFlow::new(
+                identity,
+                http.clone(),
+                clock.clone(),
+            )),
+            AgentFlow::ClientCredentials | AgentFlow::ManagedIdentity => AgentGrant::Azure(
+                azure::AzureFlow::new(identity, http.clone(), clock.clone())?,
+            ),
         };
-        let confidential = !config.tenant_id.is_empty()
-            && !config.client_id.is_empty()
-            && config.client_secret.is_some();
-        let users = if confidential {
-            UserFlow::Entra(entra::DelegatedClient::new(config, http))
+        let users = if identity.is_confidential() {
+            UserFlow::Entra(entra::DelegatedClient::new(identity, http, clock.clone()))
         } else {
             UserFlow::Unavailable
         };
-        Ok(Self { agent, users })
+        Ok(Self::new(agent, users, clock, metrics))
     }
 
     /// `handler dev`: everything from the local development issuer.
-    pub fn dev(lifetime_secs: u64) -> Self {
-        let issuer = Arc::new(DevIssuer::new(lifetime_secs));
+    pub fn dev(lifetime_secs: u64, clock: Clock, metrics: Metrics) -> Self {
+        let issuer = Arc::new(DevIssuer::new(lifetime_secs, clock.clone()));
+        Self::new(
+            AgentGrant::Dev(issuer.clone()),
+            UserFlow::Dev(issuer),
+            clock,
+            metrics,
+        )
+    }
+
+    fn new(agent: AgentGrant, users: UserFlow, clock: Clock, metrics: Metrics) -> Self {
         Self {
-            agent: AgentGrant::Dev(issuer.clone()),
-            users: UserFlow::Dev(issuer),
+            agent,
+            users,
+            clock,
+            metrics,
+            seen: Mutex::default(),
         }
     }
 
@@ -185,6 +215,11 @@ impl Identity {
         matches!(self.agent, AgentGrant::Password(_))
     }
 
+    /// The identity provider as this instance last saw it.
+    pub fn seen(&self) -> IdpSeen {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     /// One agent token for `scope`: with `refresh_token` when the flow has one,
     /// falling back to the flow's primary grant when the identity provider rejects it.
     pub async fn acquire(
@@ -192,11 +227,12 @@ impl Identity {
         scope: &Scope,
         refresh_token: Option<&Secret>,
     ) -> Result<Acquired, IdpError> {
-        match &self.agent {
+        let result = match &self.agent {
             AgentGrant::Password(flow) => flow.acquire(scope, refresh_token).await,
             AgentGrant::Azure(flow) => flow.acquire(scope).await,
             AgentGrant::Dev(issuer) => Ok(issuer.issue(scope, None)),
-        }
+        };
+        self.saw(self.flow_name(), result)
     }
 
     /// Exchanges a user's token for this app (`assertion`) for the user's token
@@ -206,11 +242,12 @@ impl Identity {
         scope: &Scope,
         assertion: &Secret,
     ) -> Result<Acquired, IdpError> {
-        match &self.users {
+        let result = match &self.users {
             UserFlow::Entra(client) => client.on_behalf_of(scope, assertion).await,
             UserFlow::Dev(issuer) => Ok(issuer.issue(scope, Some("dev-user"))),
             UserFlow::Unavailable => Err(IdpError::NotConfigured),
-        }
+        };
+        self.saw("on_behalf_of", result)
     }
 
     /// Redeems a user's refresh token.
@@ -219,10 +256,36 @@ impl Identity {
         scope: &Scope,
         refresh_token: &Secret,
     ) -> Result<Acquired, IdpError> {
-        match &self.users {
+        let result = match &self.users {
             UserFlow::Entra(client) => client.refresh(scope, refresh_token).await,
             UserFlow::Dev(issuer) => Ok(issuer.issue(scope, Some("dev-user"))),
             UserFlow::Unavailable => Err(IdpError::NotConfigured),
+        };
+        self.saw("refresh_token", result)
+    }
+
+    /// Counts an answer for metrics and keeps it for health.
+    fn saw(
+        &self,
+        flow: &'static str,
+        result: Result<Acquired, IdpError>,
+    ) -> Result<Acquired, IdpError> {
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(IdpError::Rejected { .. } | IdpError::NotConfigured) => "rejected",
+            Err(IdpError::Unavailable { .. }) => "unavailable",
+            Err(IdpError::Unreachable(_) | IdpError::Protocol(_)) => "unreachable",
+        };
+        self.metrics
+            .idp_requests
+            .get_or_create(&IdpLabels { flow, outcome })
+            .inc();
+        let now = self.clock.now();
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        match &result {
+            Ok(_) => seen.last_success = Some(now),
+            Err(error) => seen.last_error = Some((now, error.to_string())),
         }
+        result
     }
 }

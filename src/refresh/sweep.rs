@@ -2,15 +2,15 @@
 //! Its cost follows the due tokens, not the stored ones: one range query on the
 //! schedule, one MGET of the due keys, then the refreshes themselves.
 
-use super::{Landed, RefreshError, Refresher, replaces};
-use crate::callers::Outcome;
-use crate::clock::unix_now;
+use super::flight::{Landed, replaces};
+use super::{RefreshError, TokenService};
+use crate::audit::{Action, Outcome};
 use crate::domain::TokenKey;
-use crate::store::StoreError;
+use crate::secret::Secret;
+use crate::store::{Forget, StoreError};
 use futures::StreamExt;
 use serde::Serialize;
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::time::Instant;
 
 /// At most this many due keys per sweep; the rest stay due for the next one.
@@ -72,36 +72,24 @@ enum Swept {
     Shared,
     BackingOff,
     Failed,
-    NoGrant {
-        full_key: String,
-        undecryptable: bool,
-    },
+    NoGrant { key: TokenKey, undecryptable: bool },
     Revoked,
 }
 
-impl Refresher {
+impl TokenService {
     /// Refreshes every due token and acquires missing warm scopes, at most
     /// `TOKEN_REFRESH_CONCURRENCY` at a time; drops idle on-demand tokens from the
     /// schedule and expired keys from the index. Fails only when the store cannot
     /// be read.
-    pub async fn sweep(self: &Arc<Self>) -> Result<SweepSummary, StoreError> {
+    pub async fn sweep(&self) -> Result<SweepSummary, StoreError> {
         let started = Instant::now();
         let trips_before = self.store.round_trips();
-        let now = unix_now();
-        let keys = self.store.keys().clone();
+        let now = self.clock.now();
+        let settings = self.settings();
         let mut summary = SweepSummary::default();
 
-        let due_names = self.store.due(now, MAX_DUE_PER_SWEEP).await?;
-        let mut due = Vec::new();
-        let mut unknown = Vec::new();
-        for name in due_names {
-            match keys.parse_token(&name) {
-                Some(key) => due.push(key),
-                None => unknown.push(name),
-            }
-        }
-        let warm: Vec<TokenKey> = self
-            .settings
+        let due = self.store.due(now, MAX_DUE_PER_SWEEP).await?;
+        let warm: Vec<TokenKey> = settings
             .warm_scopes
             .iter()
             .map(|s| TokenKey::Agent(s.clone()))
@@ -112,32 +100,28 @@ impl Refresher {
         let records = self.store.get_many(&wanted).await?;
         let (due_records, warm_records) = records.split_at(due.len());
 
-        let mut work: Vec<(TokenKey, Option<crate::secret::Secret>)> = Vec::new();
-        let mut gone = unknown;
+        let mut work: Vec<(TokenKey, Option<Secret>)> = Vec::new();
+        let mut gone = Vec::new();
         let mut stop_refreshing = Vec::new();
         let mut on_demand = Vec::new();
-        for (key, record) in due.iter().zip(due_records) {
-            match (key, record) {
-                (_, None) if self.is_warm(key) => work.push((key.clone(), None)),
-                (_, None) => gone.push(keys.token(key)),
-                (TokenKey::User(..), Some(record)) => {
-                    work.push((key.clone(), Some(record.token.clone())))
+        for (key, record) in due.into_iter().zip(due_records) {
+            match (&key, record) {
+                (_, None) if self.is_warm(&key) => work.push((key, None)),
+                (_, None) => gone.push(key),
+                (TokenKey::User(..), Some(record)) => work.push((key, Some(record.token.clone()))),
+                (TokenKey::Agent(_), Some(record)) if self.is_warm(&key) => {
+                    work.push((key, Some(record.token.clone())))
                 }
-                (TokenKey::Agent(_), Some(record)) if self.is_warm(key) => {
-                    work.push((key.clone(), Some(record.token.clone())))
-                }
-                (TokenKey::Agent(_), Some(record)) => {
-                    on_demand.push((key.clone(), record.token.clone()))
-                }
+                (TokenKey::Agent(_), Some(record)) => on_demand.push((key, record.token.clone())),
             }
         }
         if !on_demand.is_empty() {
             let on_demand_keys: Vec<TokenKey> = on_demand.iter().map(|(k, _)| k.clone()).collect();
             let last_reads = self.store.last_reads(&on_demand_keys, now).await?;
             for ((key, token), last_read) in on_demand.into_iter().zip(last_reads) {
-                if now - last_read > self.settings.idle_secs as i64 {
+                if now - last_read > settings.idle_secs as i64 {
                     summary.idle += 1;
-                    stop_refreshing.push(keys.token(&key));
+                    stop_refreshing.push(key);
                 } else {
                     work.push((key, Some(token)));
                 }
@@ -151,36 +135,16 @@ impl Refresher {
         }
 
         summary.pruned = gone.len();
-        self.store.unschedule(&gone, true).await?;
-        self.store.unschedule(&stop_refreshing, false).await?;
+        self.store.unschedule(&gone, Forget::Everywhere).await?;
+        self.store
+            .unschedule(&stop_refreshing, Forget::Schedule)
+            .await?;
         summary.pruned += self.store.prune_step(PRUNE_PER_SWEEP).await?;
 
         summary.due = work.len();
         let results: Vec<Swept> = futures::stream::iter(work)
-            .map(|(key, seen)| async move {
-                // Anything but the token listed as due means someone refreshed it.
-                let result = self.flight(&key, Instant::now(), replaces(seen)).await;
-                let (outcome, token) = match &result {
-                    Ok(Landed { record, .. }) => (Outcome::Ok, Some(&record.token)),
-                    Err(_) => (Outcome::Failed, None),
-                };
-                self.audit("sweep", "refresh", &key, outcome, token).await;
-                match result {
-                    Ok(Landed { requested: true, .. }) => Swept::Refreshed,
-                    Ok(Landed { requested: false, .. }) => Swept::Shared,
-                    Err(RefreshError::BackingOff { .. }) => Swept::BackingOff,
-                    Err(RefreshError::NoGrant { undecryptable }) => Swept::NoGrant {
-                        full_key: self.store.keys().token(&key),
-                        undecryptable,
-                    },
-                    Err(RefreshError::GrantRevoked) => Swept::Revoked,
-                    Err(error) => {
-                        tracing::warn!(%error, scope = %key.scope(), "sweep could not refresh a token");
-                        Swept::Failed
-                    }
-                }
-            })
-            .buffer_unordered(self.settings.concurrency)
+            .map(|(key, seen)| self.refresh_due(key, seen))
+            .buffer_unordered(settings.concurrency)
             .collect()
             .await;
         let mut ungranted = Vec::new();
@@ -191,23 +155,48 @@ impl Refresher {
                 Swept::BackingOff => summary.backing_off += 1,
                 Swept::Failed => summary.failed += 1,
                 Swept::Revoked => summary.revoked += 1,
-                Swept::NoGrant {
-                    full_key,
-                    undecryptable,
-                } => {
+                Swept::NoGrant { key, undecryptable } => {
                     summary.no_grant += 1;
                     summary.undecryptable += usize::from(undecryptable);
-                    ungranted.push(full_key);
+                    ungranted.push(key);
                 }
             }
         }
         // Nothing to refresh them with: served until they expire, not retried.
-        self.store.unschedule(&ungranted, false).await?;
+        self.store.unschedule(&ungranted, Forget::Schedule).await?;
         summary.duration_ms = started.elapsed().as_millis() as u64;
         self.metrics
             .sweep_seconds
             .observe(started.elapsed().as_secs_f64());
         summary.round_trips = self.store.round_trips() - trips_before;
         Ok(summary)
+    }
+
+    /// One due key: refreshed unless someone already replaced `seen`, audited.
+    async fn refresh_due(&self, key: TokenKey, seen: Option<Secret>) -> Swept {
+        // Anything but the token listed as due means someone refreshed it.
+        let result = self.flight(&key, Instant::now(), replaces(seen)).await;
+        let (outcome, token) = match &result {
+            Ok(Landed { record, .. }) => (Outcome::Ok, Some(&record.token)),
+            Err(_) => (Outcome::Failed, None),
+        };
+        self.audit
+            .record("sweep", Action::Refresh, &key, outcome, token)
+            .await;
+        match result {
+            Ok(Landed {
+                requested: true, ..
+            }) => Swept::Refreshed,
+            Ok(Landed {
+                requested: false, ..
+            }) => Swept::Shared,
+            Err(RefreshError::BackingOff { .. }) => Swept::BackingOff,
+            Err(RefreshError::NoGrant { undecryptable }) => Swept::NoGrant { key, undecryptable },
+            Err(RefreshError::GrantRevoked) => Swept::Revoked,
+            Err(error) => {
+                tracing::warn!(%error, scope = %key.scope(), "sweep could not refresh a token");
+                Swept::Failed
+            }
+        }
     }
 }

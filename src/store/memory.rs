@@ -2,16 +2,24 @@
 //! schedule, leases, statuses), nothing another application can read. Meant for
 //! `dev` and single-instance use; its schedule is a scan of the map.
 
-use super::{Keys, PutOutcome, RefreshStatus, TokenRecord};
-use crate::clock::unix_now;
+use super::keys::Keys;
+use super::{
+    Changes, Coordination, Events, Forget, Grant, PutOutcome, RefreshStatus, Schedule, Store,
+    StoreError, StoredToken, TokenRecord, Tokens,
+};
+use crate::clock::Clock;
+use crate::config::StoreKind;
 use crate::domain::TokenKey;
 use crate::secret::Secret;
+use async_trait::async_trait;
+use futures::StreamExt;
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 pub struct MemoryStore {
     keys: Keys,
+    clock: Clock,
     // A std Mutex: it is never held across an await, and every critical section is
     // a few map operations.
     state: Mutex<State>,
@@ -20,7 +28,7 @@ pub struct MemoryStore {
 #[derive(Default)]
 struct State {
     tokens: HashMap<TokenKey, TokenRecord>,
-    secrets: HashMap<TokenKey, Secret>,
+    grants: HashMap<TokenKey, Secret>,
     schedule: HashMap<TokenKey, i64>,
     statuses: HashMap<TokenKey, RefreshStatus>,
     reads: HashMap<TokenKey, i64>,
@@ -29,15 +37,12 @@ struct State {
 }
 
 impl MemoryStore {
-    pub fn new(namespace: &str) -> Self {
+    pub fn new(namespace: &str, clock: Clock) -> Self {
         Self {
             keys: Keys::new(namespace),
+            clock,
             state: Mutex::default(),
         }
-    }
-
-    pub fn keys(&self) -> &Keys {
-        &self.keys
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -47,36 +52,48 @@ impl MemoryStore {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    pub fn get(&self, key: &TokenKey) -> Option<TokenRecord> {
-        let mut state = self.lock();
-        let expired = state.tokens.get(key)?.expires_on <= unix_now();
-        if expired {
-            // What Redis' TTL would have done.
+    /// The live token under `key`, dropping it when it has expired (what Redis's
+    /// TTL would have done).
+    fn live(&self, state: &mut State, key: &TokenKey) -> Option<TokenRecord> {
+        if state.tokens.get(key)?.expires_on <= self.clock.now() {
             state.tokens.remove(key);
             return None;
         }
         state.tokens.get(key).cloned()
     }
+}
 
-    pub fn put(&self, key: &TokenKey, record: &TokenRecord, due_at: i64) -> PutOutcome {
-        if record.expires_on <= unix_now() {
-            return PutOutcome::Superseded;
+#[async_trait]
+impl Tokens for MemoryStore {
+    async fn get(&self, key: &TokenKey) -> Result<Option<TokenRecord>, StoreError> {
+        Ok(self.live(&mut self.lock(), key))
+    }
+
+    async fn get_many(&self, keys: &[TokenKey]) -> Result<Vec<Option<TokenRecord>>, StoreError> {
+        let mut state = self.lock();
+        Ok(keys.iter().map(|key| self.live(&mut state, key)).collect())
+    }
+
+    async fn put(
+        &self,
+        key: &TokenKey,
+        record: &TokenRecord,
+        due_at: i64,
+    ) -> Result<PutOutcome, StoreError> {
+        if record.expires_on <= self.clock.now() {
+            return Ok(PutOutcome::Superseded);
         }
         let mut state = self.lock();
         let mut refresh_count = 0;
-        if let Some(old) = state
-            .tokens
-            .get(key)
-            .filter(|old| old.expires_on > unix_now())
-        {
+        if let Some(old) = self.live(&mut state, key) {
             if old.token == record.token {
                 // The same token written twice (a retried write) is not a refresh.
-                return PutOutcome::Written {
+                return Ok(PutOutcome::Written {
                     refresh_count: old.refresh_count,
-                };
+                });
             }
             if old.requested_at_ms > record.requested_at_ms {
-                return PutOutcome::Superseded;
+                return Ok(PutOutcome::Superseded);
             }
             refresh_count = old.refresh_count + 1;
         }
@@ -85,62 +102,217 @@ impl MemoryStore {
         state.tokens.insert(key.clone(), stored);
         state.schedule.insert(key.clone(), due_at);
         state.statuses.remove(key);
-        PutOutcome::Written { refresh_count }
+        Ok(PutOutcome::Written { refresh_count })
     }
 
-    pub fn delete(&self, key: &TokenKey) -> bool {
+    async fn delete(&self, key: &TokenKey) -> Result<bool, StoreError> {
         let mut state = self.lock();
-        state.secrets.remove(key);
+        let removed = self.live(&mut state, key).is_some();
+        state.tokens.remove(key);
+        state.grants.remove(key);
         state.schedule.remove(key);
         state.statuses.remove(key);
         state.reads.remove(key);
-        state
-            .tokens
-            .remove(key)
-            .is_some_and(|old| old.expires_on > unix_now())
+        Ok(removed)
     }
 
-    pub fn list(&self) -> Vec<(TokenKey, TokenRecord)> {
-        let now = unix_now();
+    async fn list(&self) -> Result<Vec<StoredToken>, StoreError> {
+        let now = self.clock.now();
         let mut state = self.lock();
         state.tokens.retain(|_, record| record.expires_on > now);
-        let mut tokens: Vec<_> = state
+        let mut tokens: Vec<StoredToken> = state
             .tokens
             .iter()
-            .map(|(k, r)| (k.clone(), r.clone()))
+            .map(|(key, record)| StoredToken {
+                key: key.clone(),
+                name: self.keys.token(key),
+                record: record.clone(),
+            })
             .collect();
-        tokens.sort_by(|a, b| a.0.cmp(&b.0));
-        tokens
+        tokens.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(tokens)
     }
 
-    pub fn soonest_expiry(&self) -> Option<i64> {
-        let now = unix_now();
+    async fn grant(&self, key: &TokenKey) -> Result<Grant, StoreError> {
+        Ok(match self.lock().grants.get(key) {
+            Some(secret) => Grant::Present(secret.clone()),
+            None => Grant::Missing,
+        })
+    }
+
+    async fn put_grant(&self, key: &TokenKey, refresh_token: &Secret) -> Result<(), StoreError> {
         self.lock()
+            .grants
+            .insert(key.clone(), refresh_token.clone());
+        Ok(())
+    }
+
+    async fn delete_grant(&self, key: &TokenKey) -> Result<(), StoreError> {
+        self.lock().grants.remove(key);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Schedule for MemoryStore {
+    async fn due(&self, now: i64, limit: usize) -> Result<Vec<TokenKey>, StoreError> {
+        let state = self.lock();
+        let mut due: Vec<(i64, &TokenKey)> = state
+            .schedule
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(key, at)| (*at, key))
+            .collect();
+        due.sort();
+        Ok(due
+            .into_iter()
+            .take(limit)
+            .map(|(_, key)| key.clone())
+            .collect())
+    }
+
+    async fn unschedule(&self, keys: &[TokenKey], forget: Forget) -> Result<(), StoreError> {
+        let mut state = self.lock();
+        for key in keys {
+            state.schedule.remove(key);
+            if forget == Forget::Everywhere {
+                state.reads.remove(key);
+            }
+        }
+        Ok(())
+    }
+
+    async fn prune_step(&self, _count: usize) -> Result<usize, StoreError> {
+        let now = self.clock.now();
+        let mut state = self.lock();
+        let expired: Vec<TokenKey> = state
+            .tokens
+            .iter()
+            .filter(|(_, record)| record.expires_on <= now)
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in &expired {
+            state.tokens.remove(key);
+            state.schedule.remove(key);
+            state.reads.remove(key);
+        }
+        Ok(expired.len())
+    }
+
+    async fn statuses(&self, keys: &[TokenKey]) -> Result<Vec<Option<RefreshStatus>>, StoreError> {
+        let state = self.lock();
+        Ok(keys
+            .iter()
+            .map(|k| state.statuses.get(k).cloned())
+            .collect())
+    }
+
+    async fn put_status(&self, key: &TokenKey, status: &RefreshStatus) -> Result<(), StoreError> {
+        let mut state = self.lock();
+        state.statuses.insert(key.clone(), status.clone());
+        state.schedule.insert(key.clone(), status.next_attempt);
+        Ok(())
+    }
+
+    async fn mark_read(&self, key: &TokenKey, now: i64) -> Result<(), StoreError> {
+        self.lock().reads.insert(key.clone(), now);
+        Ok(())
+    }
+
+    async fn last_reads(&self, keys: &[TokenKey], now: i64) -> Result<Vec<i64>, StoreError> {
+        let mut state = self.lock();
+        Ok(keys
+            .iter()
+            .map(|key| *state.reads.entry(key.clone()).or_insert(now))
+            .collect())
+    }
+
+    async fn active_count(&self) -> Result<u64, StoreError> {
+        let now = self.clock.now();
+        Ok(self
+            .lock()
+            .tokens
+            .values()
+            .filter(|r| r.expires_on > now)
+            .count() as u64)
+    }
+
+    async fn soonest_expiry(&self) -> Result<Option<i64>, StoreError> {
+        let now = self.clock.now();
+        Ok(self
+            .lock()
             .tokens
             .values()
             .map(|r| r.expires_on)
             .filter(|at| *at > now)
-            .min()
+            .min())
+    }
+}
+
+#[async_trait]
+impl Coordination for MemoryStore {
+    async fn try_lease(
+        &self,
+        key: &TokenKey,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut state = self.lock();
+        let now = Instant::now();
+        Ok(match state.leases.get(key) {
+            Some((holder, until)) if *until > now && holder != owner => false,
+            _ => {
+                state
+                    .leases
+                    .insert(key.clone(), (owner.to_owned(), now + ttl));
+                true
+            }
+        })
     }
 
-    pub fn active_count(&self) -> u64 {
-        let now = unix_now();
-        self.lock()
-            .tokens
-            .values()
-            .filter(|r| r.expires_on > now)
-            .count() as u64
+    async fn renew_lease(
+        &self,
+        key: &TokenKey,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut state = self.lock();
+        let now = Instant::now();
+        Ok(match state.leases.get_mut(key) {
+            Some((holder, until)) if holder == owner && *until > now => {
+                *until = now + ttl;
+                true
+            }
+            _ => false,
+        })
     }
 
-    pub fn get_secret(&self, key: &TokenKey) -> Option<Secret> {
-        self.lock().secrets.get(key).cloned()
+    async fn release_lease(&self, key: &TokenKey, owner: &str) -> Result<(), StoreError> {
+        let mut state = self.lock();
+        if state
+            .leases
+            .get(key)
+            .is_some_and(|(holder, _)| holder == owner)
+        {
+            state.leases.remove(key);
+        }
+        Ok(())
     }
 
-    pub fn put_secret(&self, key: &TokenKey, secret: &Secret) {
-        self.lock().secrets.insert(key.clone(), secret.clone());
+    async fn lease_held(&self, key: &TokenKey) -> Result<bool, StoreError> {
+        Ok(self
+            .lock()
+            .leases
+            .get(key)
+            .is_some_and(|(_, until)| *until > Instant::now()))
     }
 
-    pub fn count_refresh(&self, caller: &str, key: &TokenKey, window_secs: u64) -> (u64, u64) {
+    async fn count_refresh(
+        &self,
+        caller: &str,
+        key: &TokenKey,
+        window_secs: u64,
+    ) -> Result<(u64, u64), StoreError> {
         let mut state = self.lock();
         let now = Instant::now();
         let window = Duration::from_secs(window_secs);
@@ -156,92 +328,34 @@ impl MemoryStore {
             .saturating_sub(now.duration_since(entry.1))
             .as_secs()
             .max(1);
-        (entry.0, left)
+        Ok((entry.0, left))
+    }
+}
+
+#[async_trait]
+impl Events for MemoryStore {
+    /// Nobody else writes this store: a feed that never says anything.
+    async fn changes(&self) -> Result<Changes, StoreError> {
+        Ok(futures::stream::pending().boxed())
     }
 
-    pub fn delete_secret(&self, key: &TokenKey) {
-        self.lock().secrets.remove(key);
+    /// The audit stream is a Redis feature; log lines carry every event anyway.
+    async fn append_audit(&self, _fields: &[(&'static str, String)]) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    fn kind(&self) -> StoreKind {
+        StoreKind::Memory
     }
 
-    pub fn due(&self, now: i64, limit: usize) -> Vec<String> {
-        let state = self.lock();
-        let mut due: Vec<(i64, &TokenKey)> = state
-            .schedule
-            .iter()
-            .filter(|(_, at)| **at <= now)
-            .map(|(key, at)| (*at, key))
-            .collect();
-        due.sort();
-        due.into_iter()
-            .take(limit)
-            .map(|(_, key)| self.keys.token(key))
-            .collect()
+    fn token_name(&self, key: &TokenKey) -> String {
+        self.keys.token(key)
     }
 
-    pub fn reschedule(&self, key: &TokenKey, at: i64) {
-        self.lock().schedule.insert(key.clone(), at);
-    }
-
-    pub fn unschedule(&self, full_keys: &[String], inactive: bool) {
-        let mut state = self.lock();
-        for key in full_keys.iter().filter_map(|k| self.keys.parse_token(k)) {
-            state.schedule.remove(&key);
-            if inactive {
-                state.reads.remove(&key);
-            }
-        }
-    }
-
-    pub fn try_lease(&self, key: &TokenKey, owner: &str, ttl: Duration) -> bool {
-        let mut state = self.lock();
-        let now = Instant::now();
-        match state.leases.get(key) {
-            Some((holder, until)) if *until > now && holder != owner => false,
-            _ => {
-                state
-                    .leases
-                    .insert(key.clone(), (owner.to_owned(), now + ttl));
-                true
-            }
-        }
-    }
-
-    pub fn release_lease(&self, key: &TokenKey, owner: &str) {
-        let mut state = self.lock();
-        if state
-            .leases
-            .get(key)
-            .is_some_and(|(holder, _)| holder == owner)
-        {
-            state.leases.remove(key);
-        }
-    }
-
-    pub fn lease_held(&self, key: &TokenKey) -> bool {
-        self.lock()
-            .leases
-            .get(key)
-            .is_some_and(|(_, until)| *until > Instant::now())
-    }
-
-    pub fn get_status(&self, key: &TokenKey) -> Option<RefreshStatus> {
-        self.lock().statuses.get(key).cloned()
-    }
-
-    pub fn put_status(&self, key: &TokenKey, status: &RefreshStatus) {
-        let mut state = self.lock();
-        state.statuses.insert(key.clone(), status.clone());
-        state.schedule.insert(key.clone(), status.next_attempt);
-    }
-
-    pub fn mark_read(&self, key: &TokenKey, now: i64) {
-        self.lock().reads.insert(key.clone(), now);
-    }
-
-    pub fn last_reads(&self, keys: &[TokenKey], now: i64) -> Vec<i64> {
-        let mut state = self.lock();
-        keys.iter()
-            .map(|key| *state.reads.entry(key.clone()).or_insert(now))
-            .collect()
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
     }
 }

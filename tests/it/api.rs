@@ -70,11 +70,11 @@ async fn fifty_concurrent_first_requests_cause_one_token_request() {
     }
     // Release the identity provider only once all 50 callers wait on the one flight.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while app.state.refresher.flight_waiters(&scope_key) < 50 {
+    while app.state.tokens.flight_waiters(&scope_key) < 50 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "only {} callers arrived",
-            app.state.refresher.flight_waiters(&scope_key)
+            app.state.tokens.flight_waiters(&scope_key)
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -197,7 +197,7 @@ async fn forbidden_scope_user_or_delete_is_403() {
 async fn user_tokens_are_served_only_to_their_user() {
     let app = TestApp::spawn().await;
     // Another application stored alice's token directly, in the seed's layout.
-    let expires_on = token_broker::clock::unix_now() + 3600;
+    let expires_on = unix_now() + 3600;
     let json = serde_json::json!({"token": "eyJ.alice.token", "expires_on": expires_on, "scope": GRAPH,
         "stored_at": expires_on - 3600, "refresh_count": 4, "user_id": "alice", "metadata": {}});
     let key = format!("annika:tokens:user:alice:{GRAPH}");
@@ -252,7 +252,7 @@ async fn user_tokens_are_served_only_to_their_user() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn scopes_outside_on_demand_are_404() {
-    let app = TestApp::spawn_with(&[("TOKEN_ON_DEMAND", "false")]).await;
+    let app = TestApp::spawn_with(&[("TOKEN_ON_DEMAND", "false"), ("TOKEN_SCOPES", GRAPH)]).await;
     let (status, body) = app
         .get("/api/tokens/User.Read", Some(&app.keys.reader))
         .await;
@@ -265,14 +265,14 @@ async fn scopes_outside_on_demand_are_404() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(body["status"], "failed");
     assert_eq!(app.idp.requests(), 0);
-    // A warm scope is still acquired on first use.
-    let (status, _) = app
-        .get(
-            &format!("/api/tokens/{GRAPH_ENCODED}"),
-            Some(&app.keys.reader),
-        )
-        .await;
+    // A warm scope is still acquired on first use (after the one acquired at
+    // start is deleted).
+    let graph = format!("/api/tokens/{GRAPH_ENCODED}");
+    let (status, _) = app.delete(&graph, Some(&app.keys.admin)).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = app.get(&graph, Some(&app.keys.reader)).await;
     assert_eq!(status, StatusCode::OK);
+    assert_eq!(app.idp.requests(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -635,7 +635,7 @@ async fn managed_identity_goes_through_azure_identity_to_the_app_service_endpoin
         idp::CLIENT_ID,
         "the user-assigned identity"
     );
-    assert!(first["expires_on"].as_i64().unwrap() > token_broker::clock::unix_now() + 3000);
+    assert!(first["expires_on"].as_i64().unwrap() > unix_now() + 3000);
 
     // A forced refresh reaches the endpoint again (not azure_identity's cache).
     let refresh = handler.url(&format!("/api/tokens/refresh/{GRAPH_ENCODED}"));
@@ -750,7 +750,7 @@ async fn the_list_shows_metadata_a_caller_may_see_and_never_a_token() {
     .await;
     app.get("/api/tokens/Mail.Send", Some(&app.keys.admin))
         .await;
-    let expires_on = token_broker::clock::unix_now() + 3600;
+    let expires_on = unix_now() + 3600;
     let json = serde_json::json!({"token": "eyJ.alice", "expires_on": expires_on, "scope": "User.Read", "stored_at": expires_on - 10, "refresh_count": 0, "user_id": "alice"});
     let mut conn = app.redis.conn();
     let _: () = conn
@@ -819,7 +819,7 @@ async fn health_follows_redis() {
     // A second instance that only reads: its cache holds Graph and no change event
     // is on its way to drop it (the first instance's own write may still be).
     let twin = app.twin().await;
-    let twin_cache = || twin.state.refresher.cache().expect("cache on");
+    let twin_cache = || twin.state.cache.as_deref().expect("cache on");
     let deadline = Instant::now() + Duration::from_secs(10);
     while !twin_cache().is_live() {
         assert!(

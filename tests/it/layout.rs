@@ -5,7 +5,6 @@ use redis::Commands;
 use reqwest::StatusCode;
 use serde_json::Value;
 use std::collections::HashSet;
-use token_broker::clock::unix_now;
 use token_broker::domain::{Scope, TokenKey};
 use token_broker::secret::Secret;
 use token_broker::store::{PutOutcome, TokenMetadata, TokenRecord};
@@ -97,15 +96,14 @@ fn record(token: &str, expires_on: i64, requested_at_ms: i64) -> TokenRecord {
 async fn concurrent_writers_never_lose_an_increment_or_put_back_an_older_token() {
     let app = TestApp::spawn().await;
     let key = TokenKey::Agent(Scope::parse("User.Read").unwrap());
-    let store = app.state.refresher.store();
+    let store = &app.state.store;
     let base = unix_now() + 3600;
     let writes = (0..40).map(|i| {
         let key = key.clone();
         let state = app.state.clone();
         tokio::spawn(async move {
             state
-                .refresher
-                .store()
+                .store
                 .put(&key, &record(&format!("tok-{i}"), base - i, i), base)
                 .await
                 .unwrap()
@@ -167,9 +165,16 @@ async fn a_sweep_refreshes_due_tokens_acquires_warm_scopes_and_prunes_the_index(
         .sadd("annika:tokens:active", "annika:tokens:agent:Gone.Scope")
         .unwrap();
     app.idp.set_expires_in(3599);
+    // The warm scopes were acquired at start: gone again, the sweep must acquire them.
+    for scope in [GRAPH_ENCODED, "api:%2F%2Fwarm-app%2F.default"] {
+        let (status, _) = app
+            .delete(&format!("/api/tokens/{scope}"), Some(&app.keys.admin))
+            .await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "{scope}");
+    }
     let requests_before = app.idp.requests();
 
-    let summary = app.state.refresher.sweep().await.unwrap();
+    let summary = app.state.tokens.sweep().await.unwrap();
     assert_eq!(
         summary.due, 3,
         "User.Read is due, two warm scopes are missing: {summary:?}"
@@ -193,7 +198,7 @@ async fn a_sweep_refreshes_due_tokens_acquires_warm_scopes_and_prunes_the_index(
     assert_eq!(stored["refresh_count"], 1);
 
     // Nothing is due now: the next sweep asks for nothing.
-    let summary = app.state.refresher.sweep().await.unwrap();
+    let summary = app.state.tokens.sweep().await.unwrap();
     assert_eq!((summary.due, summary.refreshed, summary.pruned), (0, 0, 0));
     assert_eq!(app.idp.requests() - requests_before, 3);
 }

@@ -65,7 +65,7 @@ async fn metrics_parse_and_move_as_requests_are_made() {
     }
     app.get("/api/tokens/Mail.Send", Some(&app.keys.reader))
         .await;
-    app.state.refresher.sweep().await.unwrap();
+    app.state.tokens.sweep().await.unwrap();
     let after = scrape(&app).await;
 
     let delta = |name: &str, labels: &[(&str, &str)]| {

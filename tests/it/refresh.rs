@@ -7,58 +7,59 @@ use redis::Commands;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
-use token_broker::clock::unix_now;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn short_lived_tokens_are_replaced_before_they_expire() {
-    let mut app = TestApp::spawn_with(&[
+    let app = TestApp::spawn_manual(&[
         ("TOKEN_REFRESH_BEFORE_SECS", "5"),
         ("TOKEN_MIN_VALIDITY_SECS", "2"),
         ("TOKEN_SCOPES", "User.Read"),
+        ("TOKEN_REFRESH_INTERVAL_SECS", "1"),
     ])
     .await;
-    // Due 3 s after it is stored, with 5 s left.
+    // Tokens that live 8 s are due 3 s after they are stored, with 5 s left.
     app.idp.set_expires_in(8);
-    app.start_sweeper(Duration::from_secs(1));
+    let (status, body) = app
+        .post("/api/tokens/refresh/User.Read", Some(&app.keys.reader))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
     let key = "annika:tokens:agent:User.Read";
     let mut conn = app.redis.conn();
     let mut tokens = std::collections::HashSet::new();
     let mut last_count = 0;
-    let end = Instant::now() + Duration::from_secs(12);
-    while Instant::now() < end {
-        // Read before asking: at or before the second the service judged by.
-        let asked_at = unix_now();
+    // Twelve seconds of the service's time, a timer sweep every second.
+    for _ in 0..12 {
         let (status, body) = app
             .get("/api/tokens/User.Read", Some(&app.keys.reader))
             .await;
-        if status == StatusCode::OK {
-            let left = body["expires_on"].as_i64().unwrap() - asked_at;
-            assert!(left >= 2, "served a token with {left} s left");
-            tokens.insert(body["token"].as_str().unwrap().to_owned());
-            let count = body["refresh_count"].as_u64().unwrap();
-            assert!(count >= last_count, "refresh_count never goes back");
-            last_count = count;
-        } else {
-            panic!("{status}: {body}");
-        }
-        let now = unix_now();
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let left = body["expires_on"].as_i64().unwrap() - app.now();
+        assert!(left >= 2, "served a token with {left} s left");
+        tokens.insert(body["token"].as_str().unwrap().to_owned());
+        let count = body["refresh_count"].as_u64().unwrap();
+        assert!(count >= last_count, "refresh_count never goes back");
+        last_count = count;
         let json: Option<String> = conn.get(key).unwrap();
         let stored: Value = serde_json::from_str(&json.expect("the key never expires")).unwrap();
-        let left = stored["expires_on"].as_i64().unwrap() - now;
+        let left = stored["expires_on"].as_i64().unwrap() - app.now();
         assert!(
             left >= 2,
             "the stored token was left to run down to {left} s"
         );
+        // Redis counts the TTL down in real time, set from the service's clock
+        // when the token was written.
+        let lifetime =
+            stored["expires_on"].as_i64().unwrap() - stored["stored_at"].as_i64().unwrap();
         let ttl: i64 = conn.ttl(key).unwrap();
         assert!(
-            (ttl - left).abs() <= 1,
-            "TTL {ttl} follows expires_on ({left} s left)"
+            (lifetime - 2..=lifetime).contains(&ttl),
+            "TTL {ttl} follows expires_on ({lifetime} s at writing)"
         );
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        app.tick().await;
     }
     assert!(
-        last_count >= 2,
-        "refreshed at least twice in 12 s: {last_count}"
+        last_count >= 3,
+        "refreshed at least three times in 12 s: {last_count}"
     );
     assert!(
         tokens.len() >= 3,
@@ -197,14 +198,19 @@ async fn three_instances_make_one_identity_provider_request_per_refresh_round() 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_outage_longer_than_a_sweep_is_ridden_out_and_recovered_from() {
-    let mut app = TestApp::spawn_with(&[
+    let app = TestApp::spawn_manual(&[
         ("TOKEN_REFRESH_BEFORE_SECS", "9"),
         ("TOKEN_MIN_VALIDITY_SECS", "3"),
         ("TOKEN_SCOPES", "User.Read"),
         ("TOKEN_REFRESH_BACKOFF_SECS", "1"),
+        ("TOKEN_REFRESH_INTERVAL_SECS", "1"),
     ])
     .await;
     app.idp.set_expires_in(12);
+    let (status, _) = app
+        .post("/api/tokens/refresh/User.Read", Some(&app.keys.reader))
+        .await;
+    assert_eq!(status, StatusCode::OK);
     let (status, first) = app
         .get("/api/tokens/User.Read", Some(&app.keys.reader))
         .await;
@@ -212,21 +218,27 @@ async fn an_outage_longer_than_a_sweep_is_ridden_out_and_recovered_from() {
     let expires_on = first["expires_on"].as_i64().unwrap();
     app.idp.set_outage(Some(Failure::unavailable(2)));
     let outage_from = app.idp.requests();
-    app.start_sweeper(Duration::from_secs(1));
+    // The service's time of every request made during the outage.
+    let mut asked_at = Vec::new();
+    let mut note_requests = |app: &TestApp, seen: &mut usize| {
+        let now = app.idp.requests();
+        asked_at.extend(std::iter::repeat_n(app.now(), now - *seen));
+        *seen = now;
+    };
+    let mut seen = outage_from;
 
     // Served from the store while it has its minimum validity; then a 503 with
-    // Retry-After, never an expired token.
+    // Retry-After, never an expired token. A timer sweep every second meanwhile.
     let mut saw_503 = false;
-    while unix_now() < expires_on - 1 {
-        let before = unix_now();
+    while app.now() < expires_on - 1 {
         let (status, body, headers) = app
             .send(Method::GET, "/api/tokens/User.Read", Some(&app.keys.reader))
             .await;
-        let left = expires_on - unix_now();
+        let left = expires_on - app.now();
         match status {
             StatusCode::OK => {
                 assert_eq!(body["token"], first["token"]);
-                assert!(body["expires_on"].as_i64().unwrap() - before >= 3);
+                assert!(left >= 3, "served with {left} s left");
             }
             StatusCode::SERVICE_UNAVAILABLE => {
                 assert!(left <= 4, "503 while the stored token still had {left} s");
@@ -235,7 +247,9 @@ async fn an_outage_longer_than_a_sweep_is_ridden_out_and_recovered_from() {
             }
             other => panic!("{other}: {body}"),
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        note_requests(&app, &mut seen);
+        app.tick().await;
+        note_requests(&app, &mut seen);
     }
     assert!(
         saw_503,
@@ -243,12 +257,13 @@ async fn an_outage_longer_than_a_sweep_is_ridden_out_and_recovered_from() {
     );
 
     // Retries were spaced by at least Retry-After (2 s), not once per 1 s sweep.
-    let arrivals = app.idp.arrivals();
-    let during = &arrivals[outage_from..];
-    assert!(during.len() >= 2, "the sweep kept trying: {}", during.len());
-    for pair in during.windows(2) {
-        let gap = pair[1] - pair[0];
-        assert!(gap >= Duration::from_millis(1900), "retried after {gap:?}");
+    assert!(asked_at.len() >= 2, "the sweep kept trying: {asked_at:?}");
+    for pair in asked_at.windows(2) {
+        assert!(
+            pair[1] - pair[0] >= 2,
+            "retried after {} s: {asked_at:?}",
+            pair[1] - pair[0]
+        );
     }
     // The failure is on the key's status, visible in the listing. (The token itself
     // may have expired by now; it is listed while it lives.)
@@ -259,20 +274,19 @@ async fn an_outage_longer_than_a_sweep_is_ridden_out_and_recovered_from() {
     assert_eq!(status["aadsts"], 90006);
     assert!(status["failures"].as_u64().unwrap() >= 2);
 
-    // The identity provider comes back: the sweep recovers without help.
+    // The identity provider comes back: the timer's sweeps recover without help.
     app.idp.set_outage(None);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    for _ in 0..10 {
+        app.tick().await;
         let (status, body) = app
             .get("/api/tokens/User.Read", Some(&app.keys.reader))
             .await;
         if status == StatusCode::OK {
             assert_ne!(body["token"], first["token"]);
-            break;
+            return;
         }
-        assert!(Instant::now() < deadline, "did not recover: {body}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    panic!("did not recover within 10 s of the service's time");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -389,21 +403,23 @@ async fn failures_show_in_the_listing() {
 #[tokio::test(flavor = "multi_thread")]
 async fn on_demand_tokens_nobody_reads_stop_being_refreshed() {
     let app =
-        TestApp::spawn_with(&[("TOKEN_IDLE_SECS", "1"), ("TOKEN_SCOPES", "Warm.Scope")]).await;
-    // 600 s tokens are due at once (900 s window).
+        TestApp::spawn_manual(&[("TOKEN_IDLE_SECS", "1"), ("TOKEN_SCOPES", "Warm.Scope")]).await;
+    // 600 s tokens are due at once (900 s window): the warm scope's, and User.Read's.
     app.idp.set_expires_in(600);
+    app.post("/api/tokens/refresh/Warm.Scope", Some(&app.keys.admin))
+        .await;
     app.get("/api/tokens/User.Read", Some(&app.keys.reader))
         .await;
-    let summary = app.state.refresher.sweep().await.unwrap();
+    let summary = app.state.tokens.sweep().await.unwrap();
     assert_eq!(
         (summary.refreshed, summary.idle),
         (2, 0),
-        "read just now: refreshed (and the warm scope acquired)"
+        "read just now: refreshed (and the warm scope too)"
     );
-    // The idle rule is about wall-clock time: let more than TOKEN_IDLE_SECS pass unread.
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    // More than TOKEN_IDLE_SECS pass unread.
+    app.advance(Duration::from_secs(2));
     let requests = app.idp.requests();
-    let summary = app.state.refresher.sweep().await.unwrap();
+    let summary = app.state.tokens.sweep().await.unwrap();
     assert_eq!(summary.idle, 1, "{summary:?}");
     assert_eq!(
         summary.refreshed, 1,

@@ -76,7 +76,7 @@ async fn on_a_cluster_the_layout_spans_nodes_and_every_operation_works() {
     assert_eq!(scheduled, None);
 
     // The sweep (schedule, MGET across slots, prune step) runs cleanly.
-    let summary = app.state.refresher.sweep().await.unwrap();
+    let summary = app.state.tokens.sweep().await.unwrap();
     assert_eq!(summary.failed, 0);
 }
 

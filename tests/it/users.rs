@@ -5,7 +5,6 @@ use crate::support::*;
 use redis::Commands;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use token_broker::clock::unix_now;
 
 /// base64 of 32 bytes 0..31.
 const KEY_A: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
@@ -172,7 +171,7 @@ async fn the_sweep_refreshes_user_tokens_with_their_own_refresh_token() {
     app.idp.set_expires_in(3599);
     let (_, user_before) = app.get(&path, Some(&app.keys.alice)).await;
 
-    let summary = app.state.refresher.sweep().await.unwrap();
+    let summary = app.state.tokens.sweep().await.unwrap();
     assert_eq!((summary.due, summary.refreshed), (1, 1), "{summary:?}");
     let form = app.idp.forms().last().unwrap().clone();
     assert_eq!(form["grant_type"], "refresh_token");
@@ -228,7 +227,7 @@ async fn a_revoked_refresh_token_removes_the_user_token_only() {
     .await;
     app.idp.fail_next(Failure::invalid_grant(700082));
 
-    let summary = app.state.refresher.sweep().await.unwrap();
+    let summary = app.state.tokens.sweep().await.unwrap();
     assert_eq!((summary.revoked, summary.refreshed), (1, 0), "{summary:?}");
     let keys = app.redis_keys();
     assert!(
@@ -330,11 +329,7 @@ async fn user_allowlists_and_user_ids_are_enforced_before_anything_is_written() 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_changed_encryption_key_makes_grants_missing_not_a_crash() {
-    let app = TestApp::spawn_with(&[
-        ("TOKEN_ENCRYPTION_KEY", KEY_A),
-        ("TOKEN_SCOPES", "User.Read"),
-    ])
-    .await;
+    let app = TestApp::spawn_with(&[("TOKEN_ENCRYPTION_KEY", KEY_A)]).await;
     app.idp.set_expires_in(600);
     let path = format!("/api/tokens/{GRAPH_ENCODED}?user_id=alice");
     put(
@@ -352,21 +347,21 @@ async fn a_changed_encryption_key_makes_grants_missing_not_a_crash() {
     vars.push(("TOKEN_ENCRYPTION_KEY".into(), KEY_B.into()));
     vars.push(("TOKEN_SCOPES".into(), "User.Read".into()));
     let config = token_broker::config::Config::from_vars(vars).unwrap();
-    let other = token_broker::AppState::build(&config, token_broker::Issuer::Entra).unwrap();
+    let other = token_broker::AppState::build(&config, token_broker::Setup::standalone()).unwrap();
     let requests = app.idp.requests();
-    let summary = other.refresher.sweep().await.unwrap();
+    let summary = other.tokens.sweep().await.unwrap();
     assert_eq!(
         (summary.no_grant, summary.undecryptable, summary.failed),
         (1, 1, 0),
         "{summary:?}"
     );
-    assert_eq!(other.refresher.undecryptable_grants(), 1);
+    assert_eq!(other.tokens.undecryptable_grants(), 1);
     // The access token itself is still served while valid.
     let key = token_broker::domain::TokenKey::User(
         token_broker::domain::UserId::parse("alice").unwrap(),
         token_broker::domain::Scope::parse(GRAPH).unwrap(),
     );
-    assert!(other.refresher.ensure(&key, 300).await.unwrap().is_some());
+    assert!(other.tokens.ensure(&key, 300).await.unwrap().is_some());
     assert_eq!(
         app.idp.requests(),
         requests + 1,

@@ -72,7 +72,6 @@ struct Inner {
     outage: Option<Failure>,
     refresh_tokens: HashSet<String>,
     issued: Vec<String>,
-    arrived_at: Vec<std::time::Instant>,
 }
 
 struct IdpState {
@@ -206,9 +205,14 @@ impl Idp {
         self.state.gate.send_replace(false);
     }
 
-    /// When each request arrived.
-    pub fn arrivals(&self) -> Vec<std::time::Instant> {
-        self.inner().arrived_at.clone()
+    /// Starts the request log afresh: counts, forms and arrival times (what was
+    /// issued is kept for the secrets check).
+    pub fn forget_requests(&self) {
+        let mut inner = self.inner();
+        inner.counts.clear();
+        inner.requests.clear();
+        drop(inner);
+        self.state.arrivals.send_replace(0);
     }
 
     /// Every access and refresh token this double has issued.
@@ -226,7 +230,6 @@ impl IdpState {
             let grant = form.get("grant_type").cloned().unwrap_or_default();
             *inner.counts.entry(grant).or_default() += 1;
             inner.requests.push(form);
-            inner.arrived_at.push(std::time::Instant::now());
             inner
                 .next_failures
                 .pop_front()

@@ -14,8 +14,9 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use token_broker::callers::new_key;
+use token_broker::clock::{Clock, ManualClock};
 use token_broker::config::Config;
-use token_broker::{AppState, Issuer};
+use token_broker::{AppState, Issuer, Setup};
 
 pub const GRAPH: &str = "https://graph.microsoft.com/.default";
 
@@ -41,6 +42,11 @@ fn init_logging() {
         }
     });
 }
+/// The system's time, Unix seconds.
+pub fn unix_now() -> i64 {
+    Clock::System.now()
+}
+
 pub const GRAPH_ENCODED: &str = "https%3A%2F%2Fgraph.microsoft.com%2F.default";
 
 /// API keys of a test app: the key strings and the `TOKEN_API_KEYS` JSON.
@@ -75,7 +81,10 @@ impl Keys {
     }
 }
 
-/// The service in this process, on port 0, with its own Redis and identity provider.
+/// The service in this process, on port 0, with its own Redis and identity
+/// provider, started by `token_broker::run` as the binary starts it: server,
+/// refresh timer and change listener. Returned once the sweep at start is done;
+/// the double's request log begins after it.
 pub struct TestApp {
     pub addr: SocketAddr,
     pub state: AppState,
@@ -83,35 +92,38 @@ pub struct TestApp {
     pub idp: Idp,
     pub keys: Keys,
     pub http: reqwest::Client,
+    /// Set for apps on a manual clock ([`TestApp::spawn_manual`]).
+    pub clock: Option<ManualClock>,
     vars: Vec<(String, String)>,
-    _stops: Stops,
-    sweeper: Option<tokio::sync::watch::Sender<bool>>,
+    _stop: tokio::sync::oneshot::Sender<()>,
 }
 
-/// Dropped with the instance: stops its server and its change-event listener.
-struct Stops {
-    _server: tokio::sync::oneshot::Sender<()>,
-    _invalidation: tokio::sync::watch::Sender<bool>,
-}
-
-/// The service with configuration `vars`, serving on a new loopback port.
-async fn start_instance(vars: Vec<(String, String)>) -> (SocketAddr, AppState, Stops) {
+/// The service with configuration `vars` on `clock`, serving on a new loopback
+/// port until the returned sender is dropped; returned once its sweep at start
+/// is done.
+async fn start_instance(
+    vars: Vec<(String, String)>,
+    clock: Clock,
+) -> (SocketAddr, AppState, tokio::sync::oneshot::Sender<()>) {
     let config = Config::from_vars(vars).expect("test config");
-    let state = AppState::build(&config, Issuer::Entra).expect("app state");
+    let setup = Setup {
+        issuer: Issuer::Entra,
+        internal_timer: true,
+        clock,
+    };
+    let state = AppState::build(&config, setup).expect("app state");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(token_broker::serve(listener, state.clone(), async {
+    tokio::spawn(token_broker::run(state.clone(), listener, async {
         let _ = stopped.await;
     }));
-    // As the binary does: the cache is trusted only while this listens.
-    let (invalidation_stop, invalidation_stopped) = tokio::sync::watch::channel(false);
-    state.refresher.spawn_invalidation(invalidation_stopped);
-    let stops = Stops {
-        _server: stop,
-        _invalidation: invalidation_stop,
-    };
-    (addr, state, stops)
+    let mut sweeps = state.sweeps.subscribe();
+    tokio::time::timeout(Duration::from_secs(30), sweeps.wait_for(|done| *done >= 1))
+        .await
+        .expect("the sweep at start finishes")
+        .expect("the app is running");
+    (addr, state, stop)
 }
 
 /// A second instance of a [`TestApp`]'s service: same configuration, same Redis
@@ -119,7 +131,7 @@ async fn start_instance(vars: Vec<(String, String)>) -> (SocketAddr, AppState, S
 pub struct Twin {
     pub addr: SocketAddr,
     pub state: AppState,
-    _stops: Stops,
+    _stop: tokio::sync::oneshot::Sender<()>,
 }
 
 /// The variables a `handler` process needs: this Redis, an identity (the double's
@@ -140,24 +152,41 @@ impl TestApp {
         Self::spawn_with(&[]).await
     }
 
-    /// `extra` variables override the defaults (password flow, Graph warm scope).
+    /// `extra` variables override the defaults (password flow, no warm scope).
     pub async fn spawn_with(extra: &[(&str, &str)]) -> Self {
         Self::spawn_on(RedisServer::start(), extra).await
     }
 
+    /// The same on a manual clock, which moves only by [`TestApp::advance`] and
+    /// [`TestApp::tick`]: the refresh timer, schedules, backoff and expiry all
+    /// follow it.
+    pub async fn spawn_manual(extra: &[(&str, &str)]) -> Self {
+        let manual = ManualClock::starting_now();
+        Self::start(RedisServer::start(), extra, Some(manual)).await
+    }
+
     /// The same on a Redis of the test's choosing.
     pub async fn spawn_on(redis: RedisServer, extra: &[(&str, &str)]) -> Self {
+        Self::start(redis, extra, None).await
+    }
+
+    async fn start(redis: RedisServer, extra: &[(&str, &str)], clock: Option<ManualClock>) -> Self {
         init_logging();
         let idp = Idp::start().await;
         let keys = Keys::new();
         let mut vars = redis.env();
         vars.extend(idp.env());
         vars.push(("TOKEN_API_KEYS".into(), keys.json.clone()));
+        // No warm scope unless the test names some: the sweep at start then asks
+        // the identity provider nothing and writes nothing.
+        vars.push(("TOKEN_SCOPES".into(), ";".into()));
         for (name, value) in extra {
             vars.retain(|(k, _)| k != name);
             vars.push((name.to_string(), value.to_string()));
         }
-        let (addr, state, stops) = start_instance(vars.clone()).await;
+        let service_clock = clock.as_ref().map_or(Clock::System, ManualClock::clock);
+        let (addr, state, stop) = start_instance(vars.clone(), service_clock).await;
+        idp.forget_requests();
         Self {
             addr,
             state,
@@ -165,18 +194,22 @@ impl TestApp {
             idp,
             keys,
             http: reqwest::Client::new(),
+            clock,
             vars,
-            _stops: stops,
-            sweeper: None,
+            _stop: stop,
         }
     }
 
     pub async fn twin(&self) -> Twin {
-        let (addr, state, stops) = start_instance(self.vars.clone()).await;
+        let clock = self
+            .clock
+            .as_ref()
+            .map_or(Clock::System, ManualClock::clock);
+        let (addr, state, stop) = start_instance(self.vars.clone(), clock).await;
         Twin {
             addr,
             state,
-            _stops: stops,
+            _stop: stop,
         }
     }
 
@@ -184,17 +217,43 @@ impl TestApp {
     /// that it holds nothing for long (going live clears it).
     pub async fn wait_cache_live(&self) {
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.state.refresher.cache().is_some_and(|c| c.is_live()) {
+        while !self.state.cache.as_ref().is_some_and(|c| c.is_live()) {
             assert!(Instant::now() < deadline, "the cache never went live");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
-    /// Runs the internal refresh timer, as `serve` does, every `interval`.
-    pub fn start_sweeper(&mut self, interval: Duration) {
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        token_broker::spawn_sweeper(self.state.clone(), Some(interval), stopped);
-        self.sweeper = Some(stop);
+    fn manual(&self) -> &ManualClock {
+        self.clock
+            .as_ref()
+            .expect("an app on a manual clock (spawn_manual)")
+    }
+
+    /// The service's time, Unix seconds.
+    pub fn now(&self) -> i64 {
+        self.state.clock.now()
+    }
+
+    /// Moves the service's clock on by `by` (no timer sweep runs unless a period
+    /// passes: see [`TestApp::tick`]).
+    pub fn advance(&self, by: Duration) {
+        self.manual().advance(by);
+    }
+
+    /// Moves the clock on by one period of the refresh timer and waits for the
+    /// sweep that wakes.
+    pub async fn tick(&self) {
+        let mut sweeps = self.state.sweeps.subscribe();
+        let before = *sweeps.borrow_and_update();
+        let period = self.state.timer.expect("the internal timer runs");
+        self.manual().advance(period);
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            sweeps.wait_for(|done| *done > before),
+        )
+        .await
+        .expect("the timer's sweep finishes")
+        .expect("the app is running");
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -1,0 +1,148 @@
+//! Connections to Redis: one server through a [`ConnectionManager`] or a Redis
+//! Cluster, TLS with the configured CA, and the start-up diagnosis of a
+//! configuration that cannot work.
+
+use crate::config::{ConfigError, RedisConfig};
+use crate::store::StoreError;
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::{ClusterClientBuilder, ClusterConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, ConnectionInfo, RedisFuture, RedisResult, TlsCertificates, TlsMode, Value};
+use std::time::Duration;
+
+/// How long one Redis command may take before the request it serves gives up.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One server, or a Redis Cluster. Both reconnect by themselves; the cluster
+/// connection also follows slots as they move.
+#[derive(Clone)]
+pub(super) enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// The command connection, and one client per node for subscriptions (which
+/// need a connection of their own). Does no I/O: the connection is made on first
+/// use and remade in the background after it drops.
+pub(super) fn connect(config: &RedisConfig) -> Result<(Conn, Vec<redis::Client>), ConfigError> {
+    let invalid = |e: redis::RedisError| ConfigError(format!("REDIS_HOST: {e}"));
+    let client = |info: ConnectionInfo| match certificates(config) {
+        Some(certs) => redis::Client::build_with_tls(info, certs),
+        None => redis::Client::open(info),
+    };
+    let clients = config
+        .nodes
+        .iter()
+        .cloned()
+        .map(client)
+        .collect::<RedisResult<Vec<_>>>()
+        .map_err(invalid)?;
+    let Some(first) = clients.first() else {
+        return Err(ConfigError("REDIS_URL: names no server".into()));
+    };
+    let conn = if config.cluster {
+        // The crate's default retry waits start at 1.3 s and grow to minutes:
+        // a request would sit out a node restart instead of failing fast, and
+        // reconnecting after the whole cluster restarts took longer than the
+        // callers wait. Short waits, a few retries, as for one server.
+        let mut builder = ClusterClientBuilder::new(config.nodes.clone())
+            .connection_timeout(CONNECT_TIMEOUT)
+            .response_timeout(RESPONSE_TIMEOUT)
+            .retries(3)
+            .min_retry_wait(50)
+            .max_retry_wait(500);
+        if config.tls {
+            builder = builder.tls(TlsMode::Secure);
+        }
+        if let Some(certs) = certificates(config) {
+            builder = builder.certs(certs);
+        }
+        let cluster = builder.build().map_err(invalid)?;
+        Conn::Cluster(cluster.get_pending_async_connection_with_config(ClusterConfig::new()))
+    } else {
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        Conn::Single(
+            ConnectionManager::new_lazy_with_config(first.clone(), manager_config)
+                .map_err(invalid)?,
+        )
+    };
+    Ok((conn, clients))
+}
+
+fn certificates(config: &RedisConfig) -> Option<TlsCertificates> {
+    config.ca_cert.clone().map(|pem| TlsCertificates {
+        client_tls: None,
+        root_cert: Some(pem),
+    })
+}
+
+/// What a failed first PING says about the configuration: one line when it can
+/// never work (the login is refused, the server's certificate is not trusted),
+/// `None` when Redis is only unreachable for now.
+pub(super) fn diagnose(error: &StoreError, custom_ca: bool) -> Option<String> {
+    let StoreError::Redis(error) = error else {
+        return None;
+    };
+    if error.kind() == redis::ErrorKind::AuthenticationFailed {
+        return Some(
+            "REDIS_PASSWORD: Redis refused the login (check REDIS_USERNAME and REDIS_PASSWORD)"
+                .into(),
+        );
+    }
+    // The handshake's verdict sits inside the I/O error the connector returns.
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        // redis keeps the I/O error behind an `Arc<dyn Error>`.
+        let io = e.downcast_ref::<std::io::Error>().or_else(|| {
+            e.downcast_ref::<std::sync::Arc<dyn std::error::Error + Send + Sync>>()
+                .and_then(|inner| inner.downcast_ref::<std::io::Error>())
+        });
+        let tls = io
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+        if let Some(rustls::Error::InvalidCertificate(why)) = tls {
+            let trusted = match custom_ca {
+                true => "the CA in REDIS_CA_CERT",
+                false => "the system's trusted roots (set REDIS_CA_CERT to its CA)",
+            };
+            return Some(format!(
+                "REDIS_CA_CERT: the Redis server's certificate is not trusted by {trusted}: {why:?}"
+            ));
+        }
+        source = e.source();
+    }
+    None
+}

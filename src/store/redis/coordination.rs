@@ -1,0 +1,83 @@
+//! Refresh leases and forced-refresh quotas: what instances agree on.
+
+use super::RedisStore;
+use crate::domain::TokenKey;
+use crate::store::{Coordination, StoreError};
+use async_trait::async_trait;
+use std::time::Duration;
+
+#[async_trait]
+impl Coordination for RedisStore {
+    async fn try_lease(
+        &self,
+        key: &TokenKey,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut set = redis::cmd("SET");
+        set.arg(self.keys.lease(key))
+            .arg(owner)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl.as_millis() as u64);
+        let taken: Option<String> = self.query(set).await?;
+        Ok(taken.is_some())
+    }
+
+    async fn renew_lease(
+        &self,
+        key: &TokenKey,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let lease = self.keys.lease(key);
+        let renewed: i64 = self
+            .run(|mut c| {
+                let mut invocation = self.scripts.renew.key(&lease);
+                invocation.arg(owner).arg(ttl.as_millis() as u64);
+                async move { invocation.invoke_async(&mut c).await }
+            })
+            .await?;
+        Ok(renewed == 1)
+    }
+
+    async fn release_lease(&self, key: &TokenKey, owner: &str) -> Result<(), StoreError> {
+        let lease = self.keys.lease(key);
+        self.run(|mut c| {
+            let mut invocation = self.scripts.release.key(&lease);
+            invocation.arg(owner);
+            async move { invocation.invoke_async::<i64>(&mut c).await }
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn lease_held(&self, key: &TokenKey) -> Result<bool, StoreError> {
+        let mut exists = redis::cmd("EXISTS");
+        exists.arg(self.keys.lease(key));
+        Ok(self.query(exists).await?)
+    }
+
+    async fn count_refresh(
+        &self,
+        caller: &str,
+        key: &TokenKey,
+        window_secs: u64,
+    ) -> Result<(u64, u64), StoreError> {
+        let quota = self.keys.refresh_quota(caller, key);
+        let (count, ttl): (u64, i64) = self
+            .run(|mut c| {
+                let mut pipe = redis::pipe();
+                pipe.incr(&quota, 1)
+                    .cmd("EXPIRE")
+                    .arg(&quota)
+                    .arg(window_secs)
+                    .arg("NX")
+                    .ignore()
+                    .ttl(&quota);
+                async move { pipe.query_async(&mut c).await }
+            })
+            .await?;
+        Ok((count, ttl.max(1) as u64))
+    }
+}

@@ -1,0 +1,177 @@
+//! The Redis store, in the exact layout of SPEC §4.
+//!
+//! On a Redis Cluster the layout's key names land in different hash slots (they
+//! are the SPEC's names, without hash tags, because other applications read
+//! them), so no atomic step spans two keys: each script touches one key, and
+//! index entries follow the token as separate commands (see `tokens.rs`).
+
+mod connection;
+mod coordination;
+mod events;
+mod schedule;
+mod scripts;
+mod tokens;
+
+use self::connection::Conn;
+use self::scripts::Scripts;
+use super::keys::Keys;
+use super::{Sealer, Store, StoreError, TokenRecord};
+use crate::clock::Clock;
+use crate::config::{ConfigError, RedisConfig, StoreKind};
+use crate::domain::TokenKey;
+use async_trait::async_trait;
+use redis::{Cmd, RedisResult, Value};
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+pub struct RedisStore {
+    conn: Conn,
+    /// One client per node, for the change-event subscription: one server, or each
+    /// seed node of a cluster in turn (a cluster forwards a `PUBLISH` to every
+    /// node, so any one of them hears every change).
+    subscribers: Vec<redis::Client>,
+    subscriber_turn: AtomicUsize,
+    keys: Keys,
+    scripts: Scripts,
+    /// Refresh tokens at rest: sealed with `TOKEN_ENCRYPTION_KEY` when set.
+    sealer: Sealer,
+    clock: Clock,
+    round_trips: AtomicU64,
+    /// Whether `REDIS_CA_CERT` was given, for the start-up message.
+    custom_ca: bool,
+}
+
+impl RedisStore {
+    /// Does no I/O: the connection is made on first use and remade in the
+    /// background after it drops, so the process starts even while Redis is down.
+    pub fn new(
+        config: &RedisConfig,
+        namespace: &str,
+        sealer: Sealer,
+        clock: Clock,
+    ) -> Result<Self, ConfigError> {
+        let (conn, subscribers) = connection::connect(config)?;
+        Ok(Self {
+            conn,
+            subscribers,
+            subscriber_turn: AtomicUsize::new(0),
+            keys: Keys::new(namespace),
+            scripts: Scripts::new(),
+            sealer,
+            clock,
+            round_trips: AtomicU64::new(0),
+            custom_ca: config.ca_cert.is_some(),
+        })
+    }
+
+    /// Runs `op` and, when the connection had dropped, once more: the manager
+    /// reconnects in the background but fails the first command after a drop.
+    async fn run<T, F, Fut>(&self, op: F) -> RedisResult<T>
+    where
+        F: Fn(Conn) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
+        match op(self.conn.clone()).await {
+            Err(e) if e.is_connection_dropped() || e.is_io_error() => {
+                self.round_trips.fetch_add(1, Ordering::Relaxed);
+                op(self.conn.clone()).await
+            }
+            other => other,
+        }
+    }
+
+    /// One command, its reply.
+    async fn query<T: redis::FromRedisValue>(&self, cmd: Cmd) -> RedisResult<T> {
+        self.run(|mut c| {
+            let cmd = cmd.clone();
+            async move { cmd.query_async(&mut c).await }
+        })
+        .await
+    }
+
+    /// Commands that need not be atomic together, their replies in order. One
+    /// pipeline on a single server; on a cluster each command on its own (all at
+    /// once), because a cluster pipeline must stay within one slot and these keys
+    /// are spread over many.
+    async fn each(&self, cmds: &[Cmd]) -> RedisResult<Vec<Value>> {
+        if cmds.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.run(|mut c| async move {
+            match &c {
+                Conn::Single(_) => {
+                    let mut pipe = redis::pipe();
+                    for cmd in cmds {
+                        pipe.add_command(cmd.clone());
+                    }
+                    pipe.query_async(&mut c).await
+                }
+                Conn::Cluster(_) => {
+                    let sends = cmds.iter().map(|cmd| {
+                        let mut c = c.clone();
+                        async move { cmd.query_async::<Value>(&mut c).await }
+                    });
+                    futures::future::try_join_all(sends).await
+                }
+            }
+        })
+        .await
+    }
+
+    /// The same for commands whose replies are not needed.
+    async fn each_ignored(&self, cmds: &[Cmd]) -> RedisResult<()> {
+        self.each(cmds).await.map(drop)
+    }
+
+    /// One MGET: the values of `names`, in order, `None` where a key is missing.
+    async fn mget(&self, names: &[String]) -> RedisResult<Vec<Option<String>>> {
+        let mut mget = redis::cmd("MGET");
+        mget.arg(names);
+        self.query(mget).await
+    }
+}
+
+fn parse_record(key: &str, json: &str) -> Result<TokenRecord, StoreError> {
+    serde_json::from_str(json).map_err(|e| StoreError::Corrupt {
+        key: key.to_owned(),
+        // Position only: serde's message can quote the offending value, which may be a token.
+        reason: format!(
+            "{:?} error at line {} column {}",
+            e.classify(),
+            e.line(),
+            e.column()
+        ),
+    })
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    fn kind(&self) -> StoreKind {
+        StoreKind::Redis
+    }
+
+    fn token_name(&self, key: &TokenKey) -> String {
+        self.keys.token(key)
+    }
+
+    fn round_trips(&self) -> u64 {
+        self.round_trips.load(Ordering::Relaxed)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.query::<String>(redis::cmd("PING")).await?;
+        Ok(())
+    }
+
+    async fn check_at_start(&self) -> Result<(), String> {
+        let Err(error) = self.ping().await else {
+            return Ok(());
+        };
+        if let Some(why) = connection::diagnose(&error, self.custom_ca) {
+            return Err(why);
+        }
+        tracing::warn!(%error, "Redis is not reachable yet; requests will retry it");
+        Ok(())
+    }
+}
