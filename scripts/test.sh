@@ -34,6 +34,24 @@ cargo test --lib --bins --tests --locked 2>&1 | tee "$logs/cargo-test.out"
 TEST_REDIS_CLUSTER=1 cargo test --test it --locked -- --skip scale:: 2>&1 |
     tee "$logs/cargo-test-cluster.out"
 scripts/check-secrets.sh "$logs"
-# The deployment package: built as release, then its listing checked.
+# The package's glibc check must bite: target/debug/handler (built by cargo test
+# above, linked against this machine's glibc) needs GLIBC_2.34 wherever glibc is
+# 2.34 or newer (Debian 12 and later), above the 2.28 the package is built for.
+host_glibc=$(getconf GNU_LIBC_VERSION | cut -d' ' -f2)
+if [ "$(printf '%s\n' 2.34 "$host_glibc" | sort -V | head -1)" = 2.34 ]; then
+    if refusal=$(python3 scripts/check-package.py --binary target/debug/handler 2>&1); then
+        echo "test.sh: check-package.py passed target/debug/handler (glibc $host_glibc): $refusal" >&2
+        exit 1
+    fi
+    if ! grep -q 'needs GLIBC_2\.[0-9]*, above GLIBC_2\.28' <<<"$refusal"; then
+        echo "test.sh: check-package.py refused target/debug/handler, not for its glibc version: $refusal" >&2
+        exit 1
+    fi
+    echo "test.sh: a plain build is refused, as it should be: $refusal"
+else
+    echo "test.sh: glibc $host_glibc here; not checking that a plain build is refused"
+fi
+# The deployment package: built as release against glibc 2.28, then its listing and
+# the glibc versions its handler needs checked.
 scripts/package.sh
 python3 scripts/check-package.py dist/token-broker.zip
