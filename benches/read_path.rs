@@ -1,9 +1,13 @@
-//! The read path against a plain Redis GET, in one run on one machine: starts
+//! The read path against two references, in one run on one machine: starts
 //! redis-server, the identity-provider double and the `handler` binary, warms one
-//! token, then measures `redis-benchmark` GET of a 2000-byte value at 50 clients
-//! and the service's `GET /api/tokens/{scope}` at 50 connections with `wrk`, and
-//! prints both rates, their ratio, the service's p50/p99 and its peak RSS.
-//! Run with `scripts/bench-read-path.sh` (installs wrk when missing).
+//! token, then alternates `redis-benchmark` GET of a 2000-byte value at 50
+//! clients, nginx (one worker, keep-alive, no access log) serving the very bytes
+//! of the token answer as a static file, and the service's
+//! `GET /api/tokens/{scope}`, both at 50 connections with `wrk`; prints the rates,
+//! the ratios, the service's p50/p99 and its peak RSS.
+//! Run with `scripts/bench-read-path.sh` (installs wrk and nginx when missing).
+//! `BENCH_HANDLER=path` measures another build of `handler` (an earlier commit's,
+//! for a before-and-after in one sitting).
 
 #[path = "../tests/it/support/idp.rs"]
 #[allow(dead_code)]
@@ -117,6 +121,62 @@ fn wrk(url: &str, key: &str) -> Wrk {
     }
 }
 
+/// nginx with one worker, keep-alive and no access log, serving `body` as
+/// `/token.json` from a folder of its own; stopped on drop.
+struct Nginx {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Nginx {
+    fn start(body: &[u8]) -> Self {
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-nginx");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("www")).unwrap();
+        std::fs::write(dir.join("www/token.json"), body).unwrap();
+        let port = free_port();
+        let d = dir.display();
+        let conf = format!(
+            "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+             events {{ worker_connections 1024; }}\n\
+             http {{\n  access_log off;\n  keepalive_requests 100000000;\n  keepalive_timeout 65;\n\
+               default_type application/json;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+               server {{ listen 127.0.0.1:{port}; location / {{ root {d}/www; }} }}\n}}\n"
+        );
+        std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+        let child = Command::new("nginx")
+            .args(["-p", &d.to_string(), "-c", &format!("{d}/nginx.conf")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nginx (scripts/bench-read-path.sh installs it)");
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "nginx did not start"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Self { child, port }
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 fn peak_rss_mb(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let kb: f64 = status
@@ -136,14 +196,12 @@ async fn main() {
     // 2000-byte value Redis serves.
     idp.set_token_padding(1500);
     let (key, entry) = token_broker::callers::new_key("bench", vec!["*".into()], vec![], false);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
+    let binary =
+        std::env::var("BENCH_HANDLER").unwrap_or_else(|_| env!("CARGO_BIN_EXE_handler").to_owned());
     let log = std::fs::File::create(log_dir().join("read-path-handler.log")).unwrap();
     let started = Instant::now();
-    let mut handler = Command::new(env!("CARGO_BIN_EXE_handler"))
+    let mut handler = Command::new(&binary)
         .args(["serve", "--port", &port.to_string()])
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -204,7 +262,10 @@ async fn main() {
         .await
         .unwrap();
     assert_eq!(warm.status(), 200, "warming the token");
-    let token_len = warm.text().await.unwrap().len();
+    let answer = warm.bytes().await.unwrap();
+    let token_len = answer.len();
+    let nginx = Nginx::start(&answer);
+    let nginx_url = format!("http://127.0.0.1:{}/token.json", nginx.port);
 
     let redis_calls = |redis: &redis_server::RedisServer| -> u64 {
         let info: String = redis::cmd("INFO")
@@ -217,12 +278,18 @@ async fn main() {
             .unwrap_or(0)
     };
     let redis = std::sync::Arc::new(redis);
-    let (mut redis_rates, mut service_rates, mut p50s, mut p99s, mut redis_during) =
-        (vec![], vec![], vec![], vec![], 0);
+    let (mut redis_rates, mut nginx_rates, mut service_rates, mut p50s, mut p99s, mut redis_during) =
+        (vec![], vec![], vec![], vec![], vec![], 0);
     for round in 0..ROUNDS {
         let redis_rate = tokio::task::spawn_blocking({
             let redis = redis.clone();
             move || redis_get_rate(&redis)
+        })
+        .await
+        .unwrap();
+        let static_file = tokio::task::spawn_blocking({
+            let (url, key) = (nginx_url.clone(), key.expose().to_owned());
+            move || wrk(&url, &key)
         })
         .await
         .unwrap();
@@ -235,11 +302,14 @@ async fn main() {
         .unwrap();
         redis_during += redis_calls(&redis) - calls_before;
         eprintln!(
-            "round {round}: redis {redis_rate:.0}/s, service {:.0}/s, ratio {:.2}",
+            "round {round}: redis {redis_rate:.0}/s, nginx {:.0}/s, service {:.0}/s; service/nginx {:.2}, service/redis {:.2}",
+            static_file.rate,
             service.rate,
+            service.rate / static_file.rate,
             service.rate / redis_rate
         );
         redis_rates.push(redis_rate);
+        nginx_rates.push(static_file.rate);
         service_rates.push(service.rate);
         p50s.push(service.p50_ms);
         p99s.push(service.p99_ms);
@@ -253,7 +323,13 @@ async fn main() {
         .zip(&redis_rates)
         .map(|(s, r)| s / r)
         .collect();
+    let nginx_ratios: Vec<f64> = service_rates
+        .iter()
+        .zip(&nginx_rates)
+        .map(|(s, n)| s / n)
+        .collect();
     let worst_p99 = p99s.iter().cloned().fold(0.0, f64::max);
+    let nginx_rate = median(nginx_rates);
     let (redis_rate, service_rate, p50, p99) = (
         median(redis_rates),
         median(service_rates),
@@ -263,6 +339,7 @@ async fn main() {
     let rss = peak_rss_mb(handler.id());
     let _ = handler.kill();
     let _ = handler.wait();
+    drop(nginx);
 
     println!();
     println!(
@@ -270,7 +347,7 @@ async fn main() {
         startup.as_secs_f64() * 1000.0
     );
     println!(
-        "response body: {token_len} bytes; {CONNECTIONS} connections; {ROUNDS} alternating rounds of redis-benchmark (500,000 GETs) and wrk -t1 ({SECONDS} s); RUST_LOG={}; TOKIO_WORKER_THREADS={}",
+        "handler: {binary}; response body: {token_len} bytes; {CONNECTIONS} connections; {ROUNDS} alternating rounds of redis-benchmark (500,000 GETs), wrk -t1 ({SECONDS} s) against nginx and against the service; RUST_LOG={}; TOKIO_WORKER_THREADS={}",
         std::env::var("BENCH_RUST_LOG").unwrap_or_else(|_| "info".into()),
         std::env::var("TOKIO_WORKER_THREADS").unwrap_or_else(|_| "default (cores - 1)".into())
     );
@@ -278,7 +355,15 @@ async fn main() {
         "Redis commands while the service was measured: {redis_during} (reads served from the in-process cache)"
     );
     println!(
-        "ratio per round: {}",
+        "service / nginx per round: {}",
+        nginx_ratios
+            .iter()
+            .map(|r| format!("{r:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!(
+        "service / Redis per round: {}",
         ratios
             .iter()
             .map(|r| format!("{r:.2}"))
@@ -288,12 +373,17 @@ async fn main() {
     println!("| median of {ROUNDS} rounds | requests/s | p50 | p99 |");
     println!("|---|---:|---:|---:|");
     println!("| redis-benchmark GET, 2000-byte value, 50 clients | {redis_rate:.0} | | |");
+    println!("| nginx, the same answer as a static file, 50 connections | {nginx_rate:.0} | | |");
     println!(
         "| GET /api/tokens/{{scope}}, 50 connections | {service_rate:.0} | {p50:.2} ms | {p99:.2} ms |"
     );
     println!();
     println!(
-        "ratio service / Redis GET = {:.2} (target >= 1.0); p99 {p99:.2} ms, worst round {worst_p99:.2} ms (target < 2 ms); peak RSS {rss:.1} MB (target < 50 MB)",
-        service_rate / redis_rate
+        "ratio service / nginx = {:.2} (target >= 1.0)",
+        median(nginx_ratios)
+    );
+    println!(
+        "ratio service / Redis GET = {:.2}; p99 {p99:.2} ms, worst round {worst_p99:.2} ms (target < 2 ms); peak RSS {rss:.1} MB (target < 50 MB)",
+        median(ratios)
     );
 }

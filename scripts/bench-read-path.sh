@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# The read-path benchmark (BENCHMARKS.md): installs wrk and redis-server from
-# Debian's packages when missing, then runs it.
+# The read-path benchmark (BENCHMARKS.md): installs wrk, nginx-light and
+# redis-server from Debian's packages when missing, then runs it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 missing=()
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+command -v nginx >/dev/null 2>&1 || missing+=(nginx-light)
 command -v redis-benchmark >/dev/null 2>&1 || missing+=(redis-server redis-tools)
 if [ ${#missing[@]} -gt 0 ]; then
     sudo=""

@@ -23,6 +23,7 @@ echo "test.sh: $(redis-server --version)"
 
 cargo fmt --check
 cargo clippy --all-targets --locked -- -D warnings
+python3 scripts/check-layers.py
 # Every log of the run lands here; afterwards none may contain a token or secret.
 logs=target/tmp/test-logs
 rm -rf "$logs"

@@ -57,7 +57,7 @@ where
                 // Bounded: a hostile path can be 64 KB.
                 path = %&path[..path.floor_char_boundary(200)],
             );
-            let serving = dispatch(&state, route, request.map(Body::new));
+            let serving = dispatch(&state, route, request);
             let answer = REQUEST_ID.scope(id.clone(), serving.instrument(span)).await;
             answer.unwrap_or_else(IntoResponse::into_response)
         }
@@ -76,11 +76,16 @@ where
     response
 }
 
-async fn dispatch(
+async fn dispatch<B>(
     state: &AppState,
     route: Route,
-    request: Request<Body>,
-) -> Result<Response, ApiError> {
+    request: Request<B>,
+) -> Result<Response, ApiError>
+where
+    B: axum::body::HttpBody<Data = axum::body::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    // Only the routes that read a body box it.
     let (parts, body) = request.into_parts();
     // Before any input is looked at: an unauthenticated caller learns nothing
     // about scopes.
@@ -97,12 +102,12 @@ async fn dispatch(
         (Route::List, Some(caller)) => tokens::list_or_get(state, &caller, uri).await,
         (Route::Refresh, Some(caller)) => tokens::refresh(state, &caller, uri).await,
         (Route::Delete, Some(caller)) => tokens::delete(state, &caller, uri).await,
-        (Route::Store, Some(caller)) => tokens::store(state, &caller, uri, body).await,
+        (Route::Store, Some(caller)) => tokens::store(state, &caller, uri, Body::new(body)).await,
         (Route::Metrics, Some(_)) => Ok(health::metrics(state).await),
         (Route::Health, _) => Ok(health::health(state).await),
         (Route::OpenApi, _) => Ok(health::openapi()),
         (Route::Probe, _) => Ok(host::probe()),
-        (Route::Timer, _) => host::timer(state, body).await,
+        (Route::Timer, _) => host::timer(state, Body::new(body)).await,
         (Route::MethodNotAllowed(_), _) => Err(ApiError::method_not_allowed()),
         _ => Err(ApiError::no_route()),
     }

@@ -38,20 +38,15 @@ async fn audited<T>(
     result.map_err(|(_, error)| error)
 }
 
-/// `GET /api/tokens/{scope}`: the hot path.
+/// `GET /api/tokens/{scope}` (the hot path), and `GET /api/tokens?scope=X`.
 pub(super) async fn read(
     app: &AppState,
     caller: &Caller,
     scope: Scope,
     query: TokenQuery,
 ) -> Result<Response, ApiError> {
-    serve(
-        app,
-        caller,
-        TokenKey::new(scope, query.user),
-        query.min_validity,
-    )
-    .await
+    let key = TokenKey::new(scope, query.user);
+    serve(app, caller, key, query.min_validity).await
 }
 
 /// `GET /api/tokens?scope=X` reads a token; `GET /api/tokens` lists them.
@@ -60,17 +55,9 @@ pub(super) async fn list_or_get(
     caller: &Caller,
     uri: &Uri,
 ) -> Result<Response, ApiError> {
-    let query = parse_query(uri.query())?;
-    match query.scope {
-        Some(scope) => {
-            serve(
-                app,
-                caller,
-                TokenKey::new(scope, query.user),
-                query.min_validity,
-            )
-            .await
-        }
+    let mut query = parse_query(uri.query())?;
+    match query.scope.take() {
+        Some(scope) => read(app, caller, scope, query).await,
         None => list(app, caller, query.user.as_ref()).await,
     }
 }

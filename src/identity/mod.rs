@@ -19,6 +19,7 @@ use crate::config::{AgentFlow, Config, ConfigError};
 use crate::domain::Scope;
 use crate::metrics::{IdpLabels, Metrics};
 use crate::secret::Secret;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -242,12 +243,10 @@ impl Identity {
         scope: &Scope,
         assertion: &Secret,
     ) -> Result<Acquired, IdpError> {
-        let result = match &self.users {
-            UserFlow::Entra(client) => client.on_behalf_of(scope, assertion).await,
-            UserFlow::Dev(issuer) => Ok(issuer.issue(scope, Some("dev-user"))),
-            UserFlow::Unavailable => Err(IdpError::NotConfigured),
-        };
-        self.saw("on_behalf_of", result)
+        self.for_user("on_behalf_of", scope, |client| {
+            client.on_behalf_of(scope, assertion)
+        })
+        .await
     }
 
     /// Redeems a user's refresh token.
@@ -256,12 +255,29 @@ impl Identity {
         scope: &Scope,
         refresh_token: &Secret,
     ) -> Result<Acquired, IdpError> {
+        self.for_user("refresh_token", scope, |client| {
+            client.refresh(scope, refresh_token)
+        })
+        .await
+    }
+
+    /// A user's token by the delegated `flow`: `entra` against the token endpoint,
+    /// the dev issuer's, or none without the app registration's secret.
+    async fn for_user<'a, F>(
+        &'a self,
+        flow: &'static str,
+        scope: &Scope,
+        entra: impl FnOnce(&'a entra::DelegatedClient) -> F,
+    ) -> Result<Acquired, IdpError>
+    where
+        F: Future<Output = Result<Acquired, IdpError>> + 'a,
+    {
         let result = match &self.users {
-            UserFlow::Entra(client) => client.refresh(scope, refresh_token).await,
+            UserFlow::Entra(client) => entra(client).await,
             UserFlow::Dev(issuer) => Ok(issuer.issue(scope, Some("dev-user"))),
             UserFlow::Unavailable => Err(IdpError::NotConfigured),
         };
-        self.saw("refresh_token", result)
+        self.saw(flow, result)
     }
 
     /// Counts an answer for metrics and keeps it for health.

@@ -277,7 +277,7 @@ async fn scopes_outside_on_demand_are_404() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn identity_provider_outage_without_a_stored_token_is_503_with_retry_after() {
-    let app = TestApp::spawn_with(&[("TOKEN_REFRESH_BACKOFF_SECS", "1")]).await;
+    let app = TestApp::spawn_manual(&[("TOKEN_REFRESH_BACKOFF_SECS", "1")]).await;
     app.idp.set_outage(Some(Failure::unavailable(42)));
     let (status, body, headers) = app
         .send(
@@ -331,7 +331,7 @@ async fn identity_provider_outage_without_a_stored_token_is_503_with_retry_after
     assert!((1..=2).contains(&wait), "{wait}");
     assert_eq!(app.idp.requests(), requests);
     // Then it recovers by itself.
-    tokio::time::sleep(Duration::from_secs(wait)).await;
+    app.advance(Duration::from_secs(wait));
     let (status, body) = app
         .get("/api/tokens/User.Read", Some(&app.keys.reader))
         .await;

@@ -11,4 +11,5 @@ mod layout;
 mod metrics;
 mod refresh;
 mod scale;
+mod store;
 mod users;
