@@ -40,7 +40,8 @@ pub struct App {
     pub refresh_rate_per_min: u32,
     /// The internal timer's period; `None` when the host's timer trigger sweeps.
     pub timer: Option<Duration>,
-    /// Sweeps the timer task has finished, the one at start included.
+    /// Sweeps the timer task has finished, the one at start included: what tests
+    /// on a manual clock wait for after moving it.
     pub sweeps: watch::Sender<u64>,
 }
 

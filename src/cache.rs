@@ -21,7 +21,6 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 /// A token as the API serves it.
-#[derive(Debug)]
 pub struct Served {
     pub token: Secret,
     pub expires_on: i64,
@@ -30,6 +29,16 @@ pub struct Served {
     /// When a read of this token was last recorded for the idle rule (Unix
     /// seconds): kept here so a cache hit needs no shared lock to check it.
     pub read_marked: AtomicI64,
+}
+
+/// Without the body, which holds the token itself.
+impl std::fmt::Debug for Served {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Served")
+            .field("token", &self.token)
+            .field("expires_on", &self.expires_on)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Served {
@@ -288,6 +297,12 @@ mod tests {
 
     fn key(scope: &str) -> TokenKey {
         TokenKey::Agent(Scope::parse(scope).unwrap())
+    }
+
+    #[test]
+    fn debug_never_shows_the_token() {
+        let debug = format!("{:?}", served("eyJ-secret-token", 100));
+        assert!(!debug.contains("secret"), "{debug}");
     }
 
     #[test]

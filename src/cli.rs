@@ -2,7 +2,6 @@
 
 use crate::app::{AppState, Issuer, Setup};
 use crate::callers::{self, AuthMode};
-use crate::clock::Clock;
 use crate::config::{Config, StoreKind};
 use crate::functions;
 use crate::startup::{run, shutdown_signal};
@@ -176,7 +175,6 @@ pub async fn execute(mode: Mode) -> Result<(), String> {
 async fn sweep_once(config: &Config) -> Result<(), String> {
     let setup = Setup {
         internal_timer: false,
-        clock: Clock::System,
         ..Setup::standalone()
     };
     let state = AppState::build(config, setup).map_err(|e| e.to_string())?;

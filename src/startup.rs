@@ -39,6 +39,7 @@ pub async fn run(
 fn spawn_sweeper(state: AppState, mut stop: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
+            let started = state.clock.now_ms();
             tokio::select! {
                 result = state.tokens.sweep() => match result {
                     Ok(summary) => tracing::info!("{}", summary.line()),
@@ -46,11 +47,12 @@ fn spawn_sweeper(state: AppState, mut stop: watch::Receiver<bool>) -> tokio::tas
                 },
                 _ = stop.changed() => return,
             }
-            // Fixed before the sweep is counted as done: whoever waits for that
-            // count and then moves the clock on by a period wakes the next one.
+            // One period from the start of the last sweep, not from its end. Fixed
+            // before the sweep is counted as done: whoever waits for that count and
+            // then moves the clock on by a period wakes the next one.
             let next = state
                 .timer
-                .map(|period| state.clock.now_ms() + period.as_millis() as i64);
+                .map(|period| started + period.as_millis() as i64);
             state.sweeps.send_modify(|done| *done += 1);
             let Some(next) = next else {
                 return;

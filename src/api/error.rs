@@ -14,6 +14,8 @@ pub struct ApiError {
     status: StatusCode,
     body: Map<String, Value>,
     retry_after: Option<u64>,
+    /// The `Allow` header of a `405`.
+    allow: Option<&'static str>,
 }
 
 /// When the identity provider gave no hint, callers retry after this long.
@@ -28,6 +30,7 @@ impl ApiError {
             status,
             body,
             retry_after: None,
+            allow: None,
         }
     }
 
@@ -113,12 +116,15 @@ impl ApiError {
         )
     }
 
-    pub fn method_not_allowed() -> Self {
-        Self::new(
+    /// `allow`: the methods the route does take.
+    pub fn method_not_allowed(allow: &'static str) -> Self {
+        let mut error = Self::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "Method not allowed",
             "This route does not accept this method",
-        )
+        );
+        error.allow = Some(allow);
+        error
     }
 
     pub fn too_many_refreshes(key: &TokenKey, per_minute: u32, retry_after: u64) -> Self {
@@ -284,6 +290,11 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let Some(allow) = self.allow {
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(allow));
         }
         response
     }

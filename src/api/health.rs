@@ -35,7 +35,7 @@ pub(super) async fn health(app: &AppState) -> Response {
         body["cache"] = json!({"entries": cached, "live": cache.is_live()});
     }
     // Readiness detail beyond the seed's four fields.
-    let seen = app.tokens.identity.seen();
+    let seen = app.tokens.identity().seen();
     body["identity_provider"] = json!({
         "last_success": seen.last_success,
         "last_error": seen.last_error.map(|(at, error)| json!({"at": at, "error": error})),

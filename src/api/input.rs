@@ -1,4 +1,4 @@
-//! The edge: raw path and query strings in, domain types out (SPEC §5, §8).
+//! Parsing a request's path and query: raw strings in, domain types out (SPEC §5, §8).
 //! Read from the raw URI because the scope arrives in several encodings that a
 //! generic decoder would flatten differently.
 

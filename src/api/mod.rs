@@ -99,7 +99,7 @@ where
             let (scope, query) = path_request(route.scope_part(uri.path()), uri.query())?;
             tokens::read(state, &caller, scope, query).await
         }
-        (Route::List, Some(caller)) => tokens::list_or_get(state, &caller, uri).await,
+        (Route::List { .. }, Some(caller)) => tokens::list_or_get(state, &caller, uri).await,
         (Route::Refresh, Some(caller)) => tokens::refresh(state, &caller, uri).await,
         (Route::Delete, Some(caller)) => tokens::delete(state, &caller, uri).await,
         (Route::Store, Some(caller)) => tokens::store(state, &caller, uri, Body::new(body)).await,
@@ -108,7 +108,9 @@ where
         (Route::OpenApi, _) => Ok(health::openapi()),
         (Route::Probe, _) => Ok(host::probe()),
         (Route::Timer, _) => host::timer(state, Body::new(body)).await,
-        (Route::MethodNotAllowed(_), _) => Err(ApiError::method_not_allowed()),
+        (Route::MethodNotAllowed(known), _) => {
+            Err(ApiError::method_not_allowed(Route::allowed(known)))
+        }
         _ => Err(ApiError::no_route()),
     }
 }

@@ -10,8 +10,11 @@ pub enum Route {
     Probe,
     /// `POST /timer-refresh`: the host's timer trigger.
     Timer,
-    /// `GET /api/tokens[?scope=X]`: the listing, or a token by query.
-    List,
+    /// `GET /api/tokens[?scope=X]` (or `/api/tokens/`): the listing, or a token
+    /// by query.
+    List {
+        slash: bool,
+    },
     Health,
     OpenApi,
     Metrics,
@@ -33,7 +36,9 @@ pub enum Route {
 pub enum Known {
     Probe,
     Timer,
-    List,
+    List {
+        slash: bool,
+    },
     /// An entry of [`FIXED`].
     Fixed(usize),
     Refresh,
@@ -76,7 +81,10 @@ impl Route {
             return Route::NotFound;
         };
         let rest = match rest {
-            "" | "/" => return only(get, Route::List, Known::List),
+            "" | "/" => {
+                let slash = rest == "/";
+                return only(get, Route::List { slash }, Known::List { slash });
+            }
             rest => match rest.strip_prefix('/') {
                 Some(rest) => rest,
                 None => return Route::NotFound,
@@ -85,9 +93,11 @@ impl Route {
         if let Some(i) = FIXED.iter().position(|(name, ..)| *name == rest) {
             return only(get, FIXED[i].1, Known::Fixed(i));
         }
+        // As a catch-all `{*scope}` would: `refresh/` alone names no scope.
         if rest
             .strip_prefix(REFRESH)
-            .is_some_and(|scope| scope.starts_with('/'))
+            .and_then(|scope| scope.strip_prefix('/'))
+            .is_some_and(|scope| !scope.is_empty())
         {
             return only(method == Method::POST, Route::Refresh, Known::Refresh);
         }
@@ -106,7 +116,7 @@ impl Route {
         let known = match self {
             Route::Probe => Known::Probe,
             Route::Timer => Known::Timer,
-            Route::List => Known::List,
+            Route::List { slash } => Known::List { slash },
             Route::Health | Route::OpenApi | Route::Metrics => {
                 Known::Fixed(FIXED.iter().position(|f| f.1 == self).unwrap_or(0))
             }
@@ -118,10 +128,20 @@ impl Route {
         match known {
             Known::Probe => "/",
             Known::Timer => "/timer-refresh",
-            Known::List => "/api/tokens",
+            Known::List { slash: false } => "/api/tokens",
+            Known::List { slash: true } => "/api/tokens/",
             Known::Fixed(i) => FIXED[i].2,
             Known::Refresh => "/api/tokens/refresh/*scope",
             Known::Scope => "/api/tokens/*scope",
+        }
+    }
+
+    /// The methods a path takes, for the `Allow` header of a `405`.
+    pub fn allowed(known: Known) -> &'static str {
+        match known {
+            Known::Timer | Known::Refresh => "POST",
+            Known::Scope => "GET,HEAD,DELETE,PUT",
+            Known::Probe | Known::List { .. } | Known::Fixed(_) => "GET,HEAD",
         }
     }
 
@@ -129,7 +149,7 @@ impl Route {
     pub fn needs_caller(self) -> bool {
         matches!(
             self,
-            Route::List
+            Route::List { .. }
                 | Route::Metrics
                 | Route::Refresh
                 | Route::Read
@@ -162,8 +182,10 @@ mod tests {
             "/api/tokens/User.Read",
             "/api/tokens/https%3A%2F%2Fgraph.microsoft.com%2F.default",
             "/api/tokens/https://graph.microsoft.com/.default",
-            // A scope named like a route is a scope here; the edge refuses it.
+            // A scope named like a route is a scope here; `scope_from_path`
+            // refuses it.
             "/api/tokens/refresh",
+            "/api/tokens/refresh/",
             "/api/tokens/health/x",
         ] {
             assert_eq!(route(Method::GET, path), Route::Read, "{path}");
@@ -174,8 +196,14 @@ mod tests {
             route(Method::DELETE, "/api/tokens/User.Read"),
             Route::Delete
         );
-        assert_eq!(route(Method::GET, "/api/tokens"), Route::List);
-        assert_eq!(route(Method::GET, "/api/tokens/"), Route::List);
+        assert_eq!(
+            route(Method::GET, "/api/tokens"),
+            Route::List { slash: false }
+        );
+        assert_eq!(
+            route(Method::GET, "/api/tokens/"),
+            Route::List { slash: true }
+        );
         assert_eq!(route(Method::GET, "/api/tokens/health"), Route::Health);
         assert_eq!(route(Method::GET, "/api/tokens/metrics"), Route::Metrics);
         assert_eq!(
@@ -199,6 +227,7 @@ mod tests {
             (Method::DELETE, "/api/tokens/health"),
             (Method::GET, "/timer-refresh"),
             (Method::POST, "/api/tokens"),
+            (Method::POST, "/api/tokens/refresh/"),
         ] {
             assert!(
                 matches!(route(method.clone(), path), Route::MethodNotAllowed(_)),
@@ -226,6 +255,8 @@ mod tests {
             "/api/tokens/metrics"
         );
         assert_eq!(route(Method::GET, "/nope").label(), "unmatched");
+        assert_eq!(route(Method::GET, "/api/tokens/").label(), "/api/tokens/");
+        assert_eq!(Route::allowed(Known::Scope), "GET,HEAD,DELETE,PUT");
         for word in RESERVED {
             let path = format!("/api/tokens/{word}");
             let routed = route(Method::GET, &path);

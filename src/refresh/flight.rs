@@ -84,11 +84,11 @@ impl TokenService {
         }
         let deadline = Instant::now() + super::lease::LEASE_WAIT;
         loop {
-            if let Some(record) = self.store.get(key).await?.filter(|r| good_enough(r)) {
+            if let Some(record) = self.0.store.get(key).await?.filter(|r| good_enough(r)) {
                 return Ok(Landed::found(record));
             }
-            if let Some(status) = self.store.status(key).await? {
-                let wait = status.next_attempt - self.clock.now();
+            if let Some(status) = self.0.store.status(key).await? {
+                let wait = status.next_attempt - self.0.clock.now();
                 if wait > 0 {
                     return Err(RefreshError::BackingOff {
                         retry_after: wait as u64,
@@ -117,27 +117,28 @@ impl TokenService {
         key: &TokenKey,
         good_enough: &(impl Fn(&TokenRecord) -> bool + Send + Sync),
     ) -> Result<Landed, RefreshError> {
-        if let Some(record) = self.store.get(key).await?.filter(|r| good_enough(r)) {
+        if let Some(record) = self.0.store.get(key).await?.filter(|r| good_enough(r)) {
             return Ok(Landed::found(record));
         }
         let started = Instant::now();
         let result = self.acquire_and_store(key).await;
-        self.metrics
+        self.0
+            .metrics
             .refresh_seconds
             .observe(started.elapsed().as_secs_f64());
         result
     }
 
     async fn acquire_and_store(&self, key: &TokenKey) -> Result<Landed, RefreshError> {
-        let requested_at_ms = self.clock.now_ms();
+        let requested_at_ms = self.0.clock.now_ms();
         let (result, how) = match key {
             TokenKey::Agent(scope) => {
-                let refresh_token = match self.identity.uses_refresh_tokens() {
+                let refresh_token = match self.0.identity.uses_refresh_tokens() {
                     true => self.grant(key).await?.present(),
                     false => None,
                 };
                 (
-                    self.identity.acquire(scope, refresh_token.as_ref()).await,
+                    self.0.identity.acquire(scope, refresh_token.as_ref()).await,
                     Acquisition::Agent,
                 )
             }
@@ -156,7 +157,7 @@ impl TokenService {
                     }
                 };
                 (
-                    self.identity.refresh_user(scope, &refresh_token).await,
+                    self.0.identity.refresh_user(scope, &refresh_token).await,
                     Acquisition::UserRefresh,
                 )
             }
@@ -181,7 +182,7 @@ impl TokenService {
 
     /// The refresh token stored for `key`, counting those that cannot be opened.
     pub(super) async fn grant(&self, key: &TokenKey) -> Result<Grant, RefreshError> {
-        let grant = self.store.grant(key).await?;
+        let grant = self.0.store.grant(key).await?;
         if grant == Grant::Undecryptable {
             self.0.undecryptable.fetch_add(1, Ordering::Relaxed);
         }
@@ -199,11 +200,11 @@ impl TokenService {
         how: Acquisition,
     ) -> Result<Landed, RefreshError> {
         if let Some(refresh_token) = &acquired.refresh_token {
-            self.store.put_grant(key, refresh_token).await?;
+            self.0.store.put_grant(key, refresh_token).await?;
         }
-        let stored_at = self.clock.now();
+        let stored_at = self.0.clock.now();
         let flow = match how {
-            Acquisition::Agent => self.identity.flow_name(),
+            Acquisition::Agent => self.0.identity.flow_name(),
             other => other.flow(),
         };
         let mut record = TokenRecord {
@@ -214,7 +215,7 @@ impl TokenService {
             user_id: key.user().map(|u| u.as_str().to_owned()),
             metadata: TokenMetadata {
                 acquired_by: how.acquired_by().to_owned(),
-                client_id: self.identity.client_id().to_owned(),
+                client_id: self.0.identity.client_id().to_owned(),
                 flow: flow.to_owned(),
             },
             requested_at_ms,
@@ -228,12 +229,12 @@ impl TokenService {
         );
         // Taken before the write: a change of this key heard of meanwhile (another
         // instance's write) keeps this one out of the cache.
-        let ticket = self.cache.as_ref().map(|c| c.ticket());
-        match self.store.put(key, &record, due).await? {
+        let ticket = self.0.cache.as_ref().map(|c| c.ticket());
+        match self.0.store.put(key, &record, due).await? {
             PutOutcome::Written { refresh_count } => {
                 record.refresh_count = refresh_count;
                 let served = Arc::new(Served::new(&record));
-                if let (Some(cache), Some(ticket)) = (&self.cache, ticket) {
+                if let (Some(cache), Some(ticket)) = (&self.0.cache, ticket) {
                     cache.written(key, served.clone(), ticket);
                 }
                 Ok(Landed {
@@ -246,7 +247,7 @@ impl TokenService {
             // ours) already stored its token; serve that one.
             PutOutcome::Superseded => {
                 self.forget(key);
-                let stored = self.store.get(key).await?.unwrap_or(record);
+                let stored = self.0.store.get(key).await?.unwrap_or(record);
                 Ok(Landed {
                     record: stored,
                     served: None,
@@ -259,7 +260,7 @@ impl TokenService {
     /// Keeps the old token (it is still served while valid), and records when the
     /// key may be tried again, for every instance to see.
     async fn record_failure(&self, key: &TokenKey, error: &IdpError) {
-        let previous = self.store.status(key).await.ok().flatten();
+        let previous = self.0.store.status(key).await.ok().flatten();
         let failures = previous.map_or(0, |s| s.failures) + 1;
         let delay = backoff(
             failures,
@@ -267,7 +268,7 @@ impl TokenService {
             MAX_BACKOFF,
             error.retry_after(),
         );
-        let now = self.clock.now();
+        let now = self.0.clock.now();
         let (last_error, aadsts) = error.summary();
         let status = RefreshStatus {
             failures,
@@ -278,7 +279,7 @@ impl TokenService {
             next_attempt: now + delay.as_secs().max(1) as i64,
         };
         tracing::warn!(%error, scope = %key.scope(), failures, retry_in_secs = delay.as_secs(), "token request failed");
-        if let Err(error) = self.store.put_status(key, &status).await {
+        if let Err(error) = self.0.store.put_status(key, &status).await {
             tracing::warn!(%error, "could not record the refresh status");
         }
     }

@@ -76,10 +76,13 @@ impl TokenService {
         key: &TokenKey,
         grant: UserGrant,
     ) -> Result<Stored, RefreshError> {
-        let requested_at_ms = self.clock.now_ms();
+        let requested_at_ms = self.0.clock.now_ms();
         let (acquired, how) = match grant {
             UserGrant::Assertion(assertion) => (
-                self.identity.on_behalf_of(key.scope(), &assertion).await?,
+                self.0
+                    .identity
+                    .on_behalf_of(key.scope(), &assertion)
+                    .await?,
                 Acquisition::OnBehalfOf,
             ),
             UserGrant::Tokens {
@@ -87,10 +90,6 @@ impl TokenService {
                 expires_on,
                 refresh_token,
             } => {
-                if refresh_token.is_none() {
-                    // A new grant without a refresh token replaces any older one.
-                    self.store.delete_grant(key).await?;
-                }
                 let acquired = Acquired {
                     token: access_token,
                     expires_on,
@@ -100,10 +99,14 @@ impl TokenService {
                 (acquired, Acquisition::External)
             }
         };
-        if acquired.expires_on <= self.clock.now() {
+        if acquired.expires_on <= self.0.clock.now() {
             return Err(RefreshError::Expired);
         }
         let has_refresh_token = acquired.refresh_token.is_some();
+        if !has_refresh_token {
+            // A new grant without a refresh token replaces any older one.
+            self.0.store.delete_grant(key).await?;
+        }
         let landed = self
             .store_acquired(key, acquired, requested_at_ms, how)
             .await?;
@@ -122,7 +125,8 @@ impl TokenService {
     ) -> Result<(), RefreshError> {
         self.delete(key).await?;
         tracing::warn!(%error, scope = %key.scope(), user = ?key.user(), "user grant rejected; token and refresh token removed");
-        self.audit
+        self.0
+            .audit
             .record("refresher", Action::Revoke, key, Outcome::Ok, None)
             .await;
         Ok(())

@@ -49,11 +49,12 @@ impl TokenService {
     pub(super) async fn try_lease(&self, key: &TokenKey) -> Result<Option<Lease>, StoreError> {
         let owner = self.0.leases.next_owner();
         Ok(self
+            .0
             .store
             .try_lease(key, &owner, LEASE_TTL)
             .await?
             .then(|| Lease {
-                store: self.store.clone(),
+                store: self.0.store.clone(),
                 key: key.clone(),
                 owner,
             }))
@@ -80,9 +81,9 @@ impl TokenService {
         key: &TokenKey,
         deadline: Instant,
     ) -> Result<(), RefreshError> {
-        self.metrics.lease_waits.inc();
+        self.0.metrics.lease_waits.inc();
         let mut pause = Duration::from_millis(10);
-        while self.store.lease_held(key).await? {
+        while self.0.store.lease_held(key).await? {
             if Instant::now() >= deadline {
                 return Err(RefreshError::Busy);
             }

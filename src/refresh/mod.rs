@@ -2,9 +2,11 @@
 //!
 //! [`TokenService`] owns every way a token changes: a read that needs one
 //! ([`TokenService::ensure`]), a forced refresh, a delete, a user's grant, and the
-//! sweep. All of them go through one flight per key: in this process a tokio
-//! mutex per key, across processes a lease in Redis. Whoever holds both asks the
-//! identity provider; everyone else waits for the token (or the failure) it stores.
+//! sweep. Every request to the identity provider for a key goes through one
+//! flight per key: in this process a tokio mutex per key, across processes a
+//! lease in Redis. Whoever holds both asks; everyone else waits for the token (or
+//! the failure) it stores. Storing a user's grant takes the same lease; a delete
+//! takes neither.
 
 mod flight;
 mod grants;
@@ -67,7 +69,7 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// idle clock costs nothing on the hot path.
 const READ_MARK_EVERY_SECS: i64 = 600;
 
-/// The peers the token service works with.
+/// The peers the token service works with, and shares with the rest of the app.
 pub struct Peers {
     pub store: SharedStore,
     pub identity: Arc<Identity>,
@@ -83,7 +85,12 @@ pub struct Peers {
 pub struct TokenService(Arc<Inner>);
 
 struct Inner {
-    peers: Peers,
+    store: SharedStore,
+    identity: Arc<Identity>,
+    cache: Option<Arc<TokenCache>>,
+    audit: Audit,
+    metrics: Metrics,
+    clock: Clock,
     settings: RefreshConfig,
     flights: Flights,
     leases: Leases,
@@ -91,17 +98,23 @@ struct Inner {
     undecryptable: AtomicU64,
 }
 
-impl std::ops::Deref for TokenService {
-    type Target = Peers;
-    fn deref(&self) -> &Peers {
-        &self.0.peers
-    }
-}
-
 impl TokenService {
     pub fn new(peers: Peers, settings: RefreshConfig) -> Self {
+        let Peers {
+            store,
+            identity,
+            cache,
+            audit,
+            metrics,
+            clock,
+        } = peers;
         Self(Arc::new(Inner {
-            peers,
+            store,
+            identity,
+            cache,
+            audit,
+            metrics,
+            clock,
             settings,
             flights: Flights::default(),
             leases: Leases::new(),
@@ -113,11 +126,16 @@ impl TokenService {
         &self.0.settings
     }
 
+    /// The identity provider, as this service uses it.
+    pub fn identity(&self) -> &Identity {
+        &self.0.identity
+    }
+
     /// Whether a token for `key` could ever be acquired with the configured
     /// identity: not an agent token for several scopes from a managed identity.
     pub fn is_obtainable(&self, key: &TokenKey) -> bool {
         !(matches!(key, TokenKey::Agent(_))
-            && self.identity.one_resource_per_token()
+            && self.0.identity.one_resource_per_token()
             && key.scope().is_several())
     }
 
@@ -158,10 +176,11 @@ impl TokenService {
         key: &TokenKey,
         min_validity: u64,
     ) -> Result<Option<Arc<Served>>, RefreshError> {
-        if let Some(cache) = &self.cache {
+        if let Some(cache) = &self.0.cache {
             let hit = cache.get(key, min_validity);
             let result = if hit.is_some() { "hit" } else { "miss" };
-            self.metrics
+            self.0
+                .metrics
                 .cache
                 .get_or_create(&ResultLabels { result })
                 .inc();
@@ -170,15 +189,20 @@ impl TokenService {
             }
         }
         let arrived = Instant::now();
-        let ticket = self.cache.as_ref().map(|c| c.ticket());
-        let clock = self.clock.clone();
+        let ticket = self.0.cache.as_ref().map(|c| c.ticket());
+        let clock = self.0.clock.clone();
         let good = move |r: &TokenRecord| r.seconds_left(clock.now()) >= min_validity as i64;
-        let stored = match self.store.get(key).await {
+        let stored = match self.0.store.get(key).await {
             Ok(stored) => stored,
             Err(error) => {
                 // Redis unreachable: a cached token that is still valid is served
                 // (health says degraded) rather than failing the caller.
-                if let Some(hit) = self.cache.as_ref().and_then(|c| c.peek(key, min_validity)) {
+                if let Some(hit) = self
+                    .0
+                    .cache
+                    .as_ref()
+                    .and_then(|c| c.peek(key, min_validity))
+                {
                     return Ok(Some(hit));
                 }
                 return Err(error.into());
@@ -213,14 +237,14 @@ impl TokenService {
         ticket: Option<Ticket>,
     ) -> Arc<Served> {
         let served = Arc::new(Served::new(record));
-        if let (Some(cache), Some(ticket)) = (&self.cache, ticket) {
+        if let (Some(cache), Some(ticket)) = (&self.0.cache, ticket) {
             cache.insert(key, served.clone(), ticket);
         }
         served
     }
 
     fn forget(&self, key: &TokenKey) {
-        if let Some(cache) = &self.cache {
+        if let Some(cache) = &self.0.cache {
             cache.invalidate(key);
         }
     }
@@ -228,7 +252,7 @@ impl TokenService {
     /// Removes a token with its refresh token and index entries (and from this
     /// instance's cache at once; other instances hear of it on the channel).
     pub async fn delete(&self, key: &TokenKey) -> Result<bool, StoreError> {
-        let removed = self.store.delete(key).await;
+        let removed = self.0.store.delete(key).await;
         self.forget(key);
         removed
     }
@@ -239,8 +263,8 @@ impl TokenService {
     /// `None` when the key is not stored and may not be acquired.
     pub async fn force(&self, key: &TokenKey) -> Result<Option<TokenRecord>, RefreshError> {
         let arrived = Instant::now();
-        let ticket = self.cache.as_ref().map(|c| c.ticket());
-        let before = self.store.get(key).await?;
+        let ticket = self.0.cache.as_ref().map(|c| c.ticket());
+        let before = self.0.store.get(key).await?;
         if !self.may_acquire(key) && before.is_none() {
             // A user token is refreshed with the user's own grant, never with the
             // agent's credentials; with neither token nor grant there is nothing to do.
@@ -259,11 +283,11 @@ impl TokenService {
     /// Notes that `key` was served, for the idle rule. Writes to the store at most
     /// every [`READ_MARK_EVERY_SECS`] per served token, in the background.
     pub fn note_read(&self, key: &TokenKey, served: &Served) {
-        let now = self.clock.now();
+        let now = self.0.clock.now();
         if !claim_read_mark(&served.read_marked, now) {
             return;
         }
-        let store = self.store.clone();
+        let store = self.0.store.clone();
         let key = key.clone();
         tokio::spawn(async move {
             if let Err(error) = store.mark_read(&key, now).await {

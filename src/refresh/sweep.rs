@@ -83,12 +83,13 @@ impl TokenService {
     /// be read.
     pub async fn sweep(&self) -> Result<SweepSummary, StoreError> {
         let started = Instant::now();
-        let trips_before = self.store.round_trips();
-        let now = self.clock.now();
+        let trips_before = self.0.store.round_trips();
+        let now = self.0.clock.now();
         let settings = self.settings();
         let mut summary = SweepSummary::default();
 
-        let due = self.store.due(now, MAX_DUE_PER_SWEEP).await?;
+        let due = self.0.store.due(now, MAX_DUE_PER_SWEEP).await?;
+        let (due, dropped) = (due.keys, due.dropped);
         let warm: Vec<TokenKey> = settings
             .warm_scopes
             .iter()
@@ -97,7 +98,7 @@ impl TokenService {
         // One MGET for the due keys and the warm scopes together.
         let mut wanted = due.clone();
         wanted.extend(warm.iter().cloned());
-        let records = self.store.get_many(&wanted).await?;
+        let records = self.0.store.get_many(&wanted).await?;
         let (due_records, warm_records) = records.split_at(due.len());
 
         let mut work: Vec<(TokenKey, Option<Secret>)> = Vec::new();
@@ -117,7 +118,7 @@ impl TokenService {
         }
         if !on_demand.is_empty() {
             let on_demand_keys: Vec<TokenKey> = on_demand.iter().map(|(k, _)| k.clone()).collect();
-            let last_reads = self.store.last_reads(&on_demand_keys, now).await?;
+            let last_reads = self.0.store.last_reads(&on_demand_keys, now).await?;
             for ((key, token), last_read) in on_demand.into_iter().zip(last_reads) {
                 if now - last_read > settings.idle_secs as i64 {
                     summary.idle += 1;
@@ -134,12 +135,13 @@ impl TokenService {
             }
         }
 
-        summary.pruned = gone.len();
-        self.store.unschedule(&gone, Forget::Everywhere).await?;
-        self.store
+        summary.pruned = gone.len() + dropped;
+        self.0.store.unschedule(&gone, Forget::Everywhere).await?;
+        self.0
+            .store
             .unschedule(&stop_refreshing, Forget::Schedule)
             .await?;
-        summary.pruned += self.store.prune_step(PRUNE_PER_SWEEP).await?;
+        summary.pruned += self.0.store.prune_step(PRUNE_PER_SWEEP).await?;
 
         summary.due = work.len();
         let results: Vec<Swept> = futures::stream::iter(work)
@@ -163,12 +165,16 @@ impl TokenService {
             }
         }
         // Nothing to refresh them with: served until they expire, not retried.
-        self.store.unschedule(&ungranted, Forget::Schedule).await?;
+        self.0
+            .store
+            .unschedule(&ungranted, Forget::Schedule)
+            .await?;
         summary.duration_ms = started.elapsed().as_millis() as u64;
-        self.metrics
+        self.0
+            .metrics
             .sweep_seconds
             .observe(started.elapsed().as_secs_f64());
-        summary.round_trips = self.store.round_trips() - trips_before;
+        summary.round_trips = self.0.store.round_trips() - trips_before;
         Ok(summary)
     }
 
@@ -180,7 +186,8 @@ impl TokenService {
             Ok(Landed { record, .. }) => (Outcome::Ok, Some(&record.token)),
             Err(_) => (Outcome::Failed, None),
         };
-        self.audit
+        self.0
+            .audit
             .record("sweep", Action::Refresh, &key, outcome, token)
             .await;
         match result {

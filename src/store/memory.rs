@@ -4,7 +4,7 @@
 
 use super::keys::Keys;
 use super::{
-    Changes, Coordination, Events, Forget, Grant, PutOutcome, RefreshStatus, Schedule, Store,
+    Changes, Coordination, Due, Events, Forget, Grant, PutOutcome, RefreshStatus, Schedule, Store,
     StoreError, StoredToken, TokenRecord, Tokens,
 };
 use crate::clock::Clock;
@@ -155,7 +155,7 @@ impl Tokens for MemoryStore {
 
 #[async_trait]
 impl Schedule for MemoryStore {
-    async fn due(&self, now: i64, limit: usize) -> Result<Vec<TokenKey>, StoreError> {
+    async fn due(&self, now: i64, limit: usize) -> Result<Due, StoreError> {
         let state = self.lock();
         let mut due: Vec<(i64, &TokenKey)> = state
             .schedule
@@ -164,11 +164,14 @@ impl Schedule for MemoryStore {
             .map(|(key, at)| (*at, key))
             .collect();
         due.sort();
-        Ok(due
-            .into_iter()
-            .take(limit)
-            .map(|(_, key)| key.clone())
-            .collect())
+        Ok(Due {
+            keys: due
+                .into_iter()
+                .take(limit)
+                .map(|(_, key)| key.clone())
+                .collect(),
+            dropped: 0,
+        })
     }
 
     async fn unschedule(&self, keys: &[TokenKey], forget: Forget) -> Result<(), StoreError> {

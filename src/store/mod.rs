@@ -28,6 +28,14 @@ use futures::stream::BoxStream;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// What [`Schedule::due`] found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Due {
+    pub keys: Vec<TokenKey>,
+    /// Schedule entries naming no token key, removed.
+    pub dropped: usize,
+}
+
 /// The store as the service holds it: one per process, shared by every peer.
 pub type SharedStore = Arc<dyn Store>;
 
@@ -84,8 +92,9 @@ pub trait Tokens: Send + Sync {
 #[async_trait]
 pub trait Schedule: Send + Sync {
     /// Keys whose refresh is due at `now`, soonest first, at most `limit`. Entries
-    /// that name no token this service could have written are dropped here.
-    async fn due(&self, now: i64, limit: usize) -> Result<Vec<TokenKey>, StoreError>;
+    /// that name no token this service could have written are dropped here, and
+    /// counted.
+    async fn due(&self, now: i64, limit: usize) -> Result<Due, StoreError>;
 
     async fn unschedule(&self, keys: &[TokenKey], forget: Forget) -> Result<(), StoreError>;
 

@@ -457,7 +457,7 @@ async fn bad_input_is_400_with_json_and_touches_nothing() {
         assert_eq!(body["error"], title, "{method} {path}");
         assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
     }
-    let (status, body, _) = app
+    let (status, body, headers) = app
         .send(
             Method::PATCH,
             &format!("/api/tokens/{GRAPH_ENCODED}"),
@@ -466,6 +466,7 @@ async fn bad_input_is_400_with_json_and_touches_nothing() {
         .await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(body["error"], "Method not allowed");
+    assert_eq!(headers["allow"], "GET,HEAD,DELETE,PUT");
     let (status, body) = app.get("/api/nothing-here", admin).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(body["error"], "Not found");

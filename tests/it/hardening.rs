@@ -629,3 +629,26 @@ async fn pipelined_requests_are_answered_in_order_up_to_a_bad_head() {
         "nothing stored"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_half_closes_after_its_request_still_gets_the_answer() {
+    let app = TestApp::spawn().await;
+    let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    stream
+        .write_all(b"GET /api/tokens/health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    stream.shutdown().await.unwrap();
+    let mut bytes = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_end(&mut bytes),
+    )
+    .await
+    .expect("answered and closed")
+    .unwrap();
+    let answers = answers(&bytes);
+    assert_eq!(answers.len(), 1, "{}", String::from_utf8_lossy(&bytes));
+    assert_eq!(answers[0].0, 200);
+    assert_eq!(answers[0].1["status"], "healthy");
+}

@@ -142,7 +142,7 @@ async fn delete_removes_the_token_its_grant_and_its_status(store: SharedStore) {
     assert!(store.get(&key).await.unwrap().is_none());
     assert_eq!(store.grant(&key).await.unwrap(), Grant::Missing);
     assert_eq!(store.status(&key).await.unwrap(), None);
-    assert!(store.due(unix_now(), 10).await.unwrap().is_empty());
+    assert!(store.due(unix_now(), 10).await.unwrap().keys.is_empty());
     assert_eq!(store.active_count().await.unwrap(), 0);
     assert!(!store.delete(&key).await.unwrap(), "nothing left to delete");
 }
@@ -199,20 +199,23 @@ async fn due_keys_come_soonest_first_bounded_and_leave_when_unscheduled(store: S
             .unwrap();
     }
     assert_eq!(
-        store.due(now, 10).await.unwrap(),
+        store.due(now, 10).await.unwrap().keys,
         vec![first.clone(), second.clone()]
     );
-    assert_eq!(store.due(now, 1).await.unwrap(), vec![first.clone()]);
+    assert_eq!(store.due(now, 1).await.unwrap().keys, vec![first.clone()]);
     store
         .unschedule(std::slice::from_ref(&first), Forget::Schedule)
         .await
         .unwrap();
-    assert_eq!(store.due(now, 10).await.unwrap(), vec![second.clone()]);
+    assert_eq!(store.due(now, 10).await.unwrap().keys, vec![second.clone()]);
     assert!(
         store.get(&first).await.unwrap().is_some(),
         "unscheduled, still stored"
     );
-    assert_eq!(store.due(now + 100, 10).await.unwrap(), vec![second, later]);
+    assert_eq!(
+        store.due(now + 100, 10).await.unwrap().keys,
+        vec![second, later]
+    );
 }
 
 async fn a_failure_status_is_kept_and_schedules_the_retry(store: SharedStore) {
@@ -232,8 +235,11 @@ async fn a_failure_status_is_kept_and_schedules_the_retry(store: SharedStore) {
             .unwrap(),
         vec![Some(failure(now + 60)), None]
     );
-    assert!(store.due(now + 59, 10).await.unwrap().is_empty());
-    assert_eq!(store.due(now + 60, 10).await.unwrap(), vec![failed.clone()]);
+    assert!(store.due(now + 59, 10).await.unwrap().keys.is_empty());
+    assert_eq!(
+        store.due(now + 60, 10).await.unwrap().keys,
+        vec![failed.clone()]
+    );
     // The next successful write clears it.
     store
         .put(&failed, &record(&failed, "new", 3600, 2), now + 3000)

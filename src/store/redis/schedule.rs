@@ -3,7 +3,7 @@
 
 use super::RedisStore;
 use crate::domain::TokenKey;
-use crate::store::{Forget, RefreshStatus, Schedule, StoreError};
+use crate::store::{Due, Forget, RefreshStatus, Schedule, StoreError};
 use async_trait::async_trait;
 use redis::{Cmd, Value};
 
@@ -33,7 +33,7 @@ impl RedisStore {
 
 #[async_trait]
 impl Schedule for RedisStore {
-    async fn due(&self, now: i64, limit: usize) -> Result<Vec<TokenKey>, StoreError> {
+    async fn due(&self, now: i64, limit: usize) -> Result<Due, StoreError> {
         let mut range = redis::cmd("ZRANGEBYSCORE");
         range
             .arg(self.keys.schedule())
@@ -55,7 +55,10 @@ impl Schedule for RedisStore {
             self.each_ignored(&self.forget_members(&unknown, Forget::Everywhere))
                 .await?;
         }
-        Ok(due)
+        Ok(Due {
+            keys: due,
+            dropped: unknown.len(),
+        })
     }
 
     async fn unschedule(&self, keys: &[TokenKey], forget: Forget) -> Result<(), StoreError> {
