@@ -32,7 +32,11 @@ pub(super) async fn health(app: &AppState) -> Response {
         "refresh_waiters": app.tokens.all_flight_waiters(),
     });
     if let Some(cache) = &app.cache {
-        body["cache"] = json!({"entries": cached, "live": cache.is_live()});
+        body["cache"] = json!({
+            "entries": cached,
+            "live": cache.is_live(),
+            "coherence": cache.coherence(),
+        });
     }
     // Readiness detail beyond the seed's four fields.
     let seen = app.tokens.identity().seen();

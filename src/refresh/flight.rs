@@ -3,12 +3,13 @@
 //! failure that every instance then backs off from).
 
 use super::grants::Acquisition;
+use super::lease::{LEASE_WAIT, Lease};
 use super::{MAX_BACKOFF, RefreshError, TokenService, backoff, due_at};
 use crate::cache::Served;
-use crate::domain::TokenKey;
+use crate::domain::{Scope, TokenKey};
 use crate::identity::{Acquired, IdpError};
 use crate::secret::Secret;
-use crate::store::{Grant, PutOutcome, RefreshStatus, TokenMetadata, TokenRecord};
+use crate::store::{Grant, PutOutcome, RefreshStatus, TokenMetadata, TokenRecord, Write};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -82,22 +83,25 @@ impl TokenService {
         {
             return Err(error.clone().into());
         }
-        let deadline = Instant::now() + super::lease::LEASE_WAIT;
+        let deadline = Instant::now() + LEASE_WAIT;
         loop {
-            if let Some(record) = self.0.store.get(key).await?.filter(|r| good_enough(r)) {
+            let (stored, status) = self.0.store.state(key).await?;
+            if let Some(record) = stored.filter(|r| good_enough(r)) {
                 return Ok(Landed::found(record));
             }
-            if let Some(status) = self.0.store.status(key).await? {
+            if let Some(status) = &status {
                 let wait = status.next_attempt - self.0.clock.now();
                 if wait > 0 {
                     return Err(RefreshError::BackingOff {
                         retry_after: wait as u64,
-                        status,
+                        status: status.clone(),
                     });
                 }
             }
-            if let Some(lease) = self.try_lease(key).await? {
-                let result = lease.hold(self.under_lease(key, good_enough)).await;
+            if let Some((lease, stored, grant)) = self.lease_and_read(key).await? {
+                let failures = status.map_or(0, |s| s.failures);
+                let asking = self.under_lease(key, stored, grant, failures, &lease, good_enough);
+                let result = lease.hold(asking).await;
                 flight.failure = match &result {
                     Err(RefreshError::Idp(error)) => Some((Instant::now(), error.clone())),
                     _ => None,
@@ -110,18 +114,22 @@ impl TokenService {
         }
     }
 
-    /// Holding the lease: check once more (a refresh may have landed between the
-    /// last read and the lease), then ask.
+    /// Holding the lease, with what was under it: check once more (a refresh may
+    /// have landed between the first read and the lease), then ask.
     async fn under_lease(
         &self,
         key: &TokenKey,
+        stored: Option<TokenRecord>,
+        grant: Grant,
+        failures: u32,
+        lease: &Lease,
         good_enough: &(impl Fn(&TokenRecord) -> bool + Send + Sync),
     ) -> Result<Landed, RefreshError> {
-        if let Some(record) = self.0.store.get(key).await?.filter(|r| good_enough(r)) {
+        if let Some(record) = stored.filter(|r| good_enough(r)) {
             return Ok(Landed::found(record));
         }
         let started = Instant::now();
-        let result = self.acquire_and_store(key).await;
+        let result = self.acquire_and_store(key, grant, failures, lease).await;
         self.0
             .metrics
             .refresh_seconds
@@ -129,42 +137,40 @@ impl TokenService {
         result
     }
 
-    async fn acquire_and_store(&self, key: &TokenKey) -> Result<Landed, RefreshError> {
+    async fn acquire_and_store(
+        &self,
+        key: &TokenKey,
+        grant: Grant,
+        failures: u32,
+        lease: &Lease,
+    ) -> Result<Landed, RefreshError> {
         let requested_at_ms = self.0.clock.now_ms();
+        let identity = &self.0.identity;
         let (result, how) = match key {
             TokenKey::Agent(scope) => {
-                let refresh_token = match self.0.identity.uses_refresh_tokens() {
-                    true => self.grant(key).await?.present(),
+                let refresh_token = match identity.uses_refresh_tokens() {
+                    true => self.usable(grant),
                     false => None,
                 };
                 (
-                    self.0.identity.acquire(scope, refresh_token.as_ref()).await,
+                    identity.acquire(scope, refresh_token.as_ref()).await,
                     Acquisition::Agent,
                 )
             }
             TokenKey::User(_, scope) => {
-                let refresh_token = match self.grant(key).await? {
-                    Grant::Present(token) => token,
-                    Grant::Missing => {
-                        return Err(RefreshError::NoGrant {
-                            undecryptable: false,
-                        });
-                    }
-                    Grant::Undecryptable => {
-                        return Err(RefreshError::NoGrant {
-                            undecryptable: true,
-                        });
-                    }
+                let undecryptable = grant == Grant::Undecryptable;
+                let Some(refresh_token) = self.usable(grant) else {
+                    return Err(RefreshError::NoGrant { undecryptable });
                 };
                 (
-                    self.0.identity.refresh_user(scope, &refresh_token).await,
+                    self.refresh_user(key, scope, refresh_token).await,
                     Acquisition::UserRefresh,
                 )
             }
         };
         match result {
             Ok(acquired) => {
-                self.store_acquired(key, acquired, requested_at_ms, how)
+                self.store_acquired(key, acquired, requested_at_ms, how, Some(lease))
                     .await
             }
             Err(error) if error.is_invalid_grant() && matches!(key, TokenKey::User(..)) => {
@@ -174,34 +180,55 @@ impl TokenService {
                 Err(RefreshError::GrantRevoked)
             }
             Err(error) => {
-                self.record_failure(key, &error).await;
+                self.record_failure(key, &error, failures).await;
                 Err(error.into())
             }
         }
     }
 
-    /// The refresh token stored for `key`, counting those that cannot be opened.
-    pub(super) async fn grant(&self, key: &TokenKey) -> Result<Grant, RefreshError> {
-        let grant = self.0.store.grant(key).await?;
+    /// Redeems a user's refresh token. When the identity provider says it is no
+    /// longer valid, the one stored now is read again: another writer may have
+    /// rotated it meanwhile (a refresh token is used once), and then the new one
+    /// is redeemed instead. Only a rejection of the current one is final.
+    async fn refresh_user(
+        &self,
+        key: &TokenKey,
+        scope: &Scope,
+        refresh_token: Secret,
+    ) -> Result<Acquired, IdpError> {
+        let result = self.0.identity.refresh_user(scope, &refresh_token).await;
+        if !result.as_ref().is_err_and(IdpError::is_invalid_grant) {
+            return result;
+        }
+        match self.0.store.grant(key).await {
+            Ok(Grant::Present(current)) if current != refresh_token => {
+                tracing::info!(scope = %scope, user = ?key.user(), "refresh token rotated by another writer meanwhile; redeeming the current one");
+                self.0.identity.refresh_user(scope, &current).await
+            }
+            _ => result,
+        }
+    }
+
+    /// The refresh token to redeem, counting those that cannot be opened.
+    fn usable(&self, grant: Grant) -> Option<Secret> {
         if grant == Grant::Undecryptable {
             self.0.undecryptable.fetch_add(1, Ordering::Relaxed);
         }
-        Ok(grant)
+        grant.present()
     }
 
-    /// Writes what the identity provider issued: the refresh token (rotated when a
-    /// new one came back) under its secret key, the token under its key with its
-    /// refresh schedule, and the served form into this instance's cache.
+    /// Writes what the identity provider issued: the token under its key with its
+    /// refresh schedule and the refresh token (rotated when a new one came back)
+    /// under its secret key, then the served form into this instance's cache. The
+    /// write releases `lease`.
     pub(super) async fn store_acquired(
         &self,
         key: &TokenKey,
         acquired: Acquired,
         requested_at_ms: i64,
         how: Acquisition,
+        lease: Option<&Lease>,
     ) -> Result<Landed, RefreshError> {
-        if let Some(refresh_token) = &acquired.refresh_token {
-            self.0.store.put_grant(key, refresh_token).await?;
-        }
         let stored_at = self.0.clock.now();
         let flow = match how {
             Acquisition::Agent => self.0.identity.flow_name(),
@@ -230,7 +257,17 @@ impl TokenService {
         // Taken before the write: a change of this key heard of meanwhile (another
         // instance's write) keeps this one out of the cache.
         let ticket = self.0.cache.as_ref().map(|c| c.ticket());
-        match self.0.store.put(key, &record, due).await? {
+        let write = Write {
+            record: &record,
+            due_at: due,
+            grant: acquired.refresh_token.as_ref(),
+            release: lease.map(Lease::owner),
+        };
+        let outcome = self.0.store.put(key, &write).await?;
+        if let Some(lease) = lease {
+            lease.released_by_write();
+        }
+        match outcome {
             PutOutcome::Written { refresh_count } => {
                 record.refresh_count = refresh_count;
                 let served = Arc::new(Served::new(&record));
@@ -259,9 +296,8 @@ impl TokenService {
 
     /// Keeps the old token (it is still served while valid), and records when the
     /// key may be tried again, for every instance to see.
-    async fn record_failure(&self, key: &TokenKey, error: &IdpError) {
-        let previous = self.0.store.status(key).await.ok().flatten();
-        let failures = previous.map_or(0, |s| s.failures) + 1;
+    async fn record_failure(&self, key: &TokenKey, error: &IdpError, failures_before: u32) {
+        let failures = failures_before + 1;
         let delay = backoff(
             failures,
             self.settings().backoff_base,

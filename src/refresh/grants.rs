@@ -1,7 +1,7 @@
 //! Per-user grants: storing a user's tokens (on-behalf-of exchange, or a grant
 //! obtained elsewhere), and removing them when the identity provider revokes them.
 
-use super::lease::LEASE_WAIT;
+use super::lease::{LEASE_WAIT, Lease};
 use super::{RefreshError, TokenService};
 use crate::audit::{Action, Outcome};
 use crate::domain::TokenKey;
@@ -68,13 +68,16 @@ impl TokenService {
         grant: UserGrant,
     ) -> Result<Stored, RefreshError> {
         let lease = self.take_lease(key, Instant::now() + LEASE_WAIT).await?;
-        lease.hold(self.exchange_and_store(key, grant)).await
+        lease
+            .hold(self.exchange_and_store(key, grant, &lease))
+            .await
     }
 
     async fn exchange_and_store(
         &self,
         key: &TokenKey,
         grant: UserGrant,
+        lease: &Lease,
     ) -> Result<Stored, RefreshError> {
         let requested_at_ms = self.0.clock.now_ms();
         let (acquired, how) = match grant {
@@ -108,7 +111,7 @@ impl TokenService {
             self.0.store.delete_grant(key).await?;
         }
         let landed = self
-            .store_acquired(key, acquired, requested_at_ms, how)
+            .store_acquired(key, acquired, requested_at_ms, how, Some(lease))
             .await?;
         Ok(Stored {
             record: landed.record,

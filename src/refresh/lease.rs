@@ -3,9 +3,9 @@
 
 use super::{RefreshError, TokenService};
 use crate::domain::TokenKey;
-use crate::store::{SharedStore, StoreError};
+use crate::store::{Grant, SharedStore, StoreError, TokenRecord};
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// How long a refresh lease lasts unless renewed: longer than the slowest token
@@ -42,22 +42,32 @@ pub(super) struct Lease {
     store: SharedStore,
     key: TokenKey,
     owner: String,
+    /// The write that ended the work released it already.
+    released: AtomicBool,
 }
 
+/// What the holder of a fresh lease finds under it: the token and its refresh
+/// token.
+pub(super) type UnderLease = (Lease, Option<TokenRecord>, Grant);
+
 impl TokenService {
-    /// The lease of `key`, unless another owner holds it.
-    pub(super) async fn try_lease(&self, key: &TokenKey) -> Result<Option<Lease>, StoreError> {
+    fn lease(&self, key: &TokenKey, owner: String) -> Lease {
+        Lease {
+            store: self.0.store.clone(),
+            key: key.clone(),
+            owner,
+            released: AtomicBool::new(false),
+        }
+    }
+
+    /// The lease of `key` and what is under it, unless another owner holds it.
+    pub(super) async fn lease_and_read(
+        &self,
+        key: &TokenKey,
+    ) -> Result<Option<UnderLease>, StoreError> {
         let owner = self.0.leases.next_owner();
-        Ok(self
-            .0
-            .store
-            .try_lease(key, &owner, LEASE_TTL)
-            .await?
-            .then(|| Lease {
-                store: self.0.store.clone(),
-                key: key.clone(),
-                owner,
-            }))
+        let read = self.0.store.lease_and_read(key, &owner, LEASE_TTL).await?;
+        Ok(read.map(|(record, grant)| (self.lease(key, owner), record, grant)))
     }
 
     /// The lease of `key`, waiting (until `deadline`) while another owner holds it.
@@ -67,8 +77,9 @@ impl TokenService {
         deadline: Instant,
     ) -> Result<Lease, RefreshError> {
         loop {
-            if let Some(lease) = self.try_lease(key).await? {
-                return Ok(lease);
+            let owner = self.0.leases.next_owner();
+            if self.0.store.try_lease(key, &owner, LEASE_TTL).await? {
+                return Ok(self.lease(key, owner));
             }
             self.wait_for_lease(key, deadline).await?;
         }
@@ -95,9 +106,19 @@ impl TokenService {
 }
 
 impl Lease {
-    /// Runs `work` while renewing the lease, then releases it.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// Notes that a write released the lease with the token (`Write::release`).
+    pub fn released_by_write(&self) {
+        self.released.store(true, Ordering::Relaxed);
+    }
+
+    /// Runs `work` while renewing the lease, then releases it unless the work's
+    /// write did.
     pub(super) async fn hold<T>(
-        self,
+        &self,
         work: impl Future<Output = Result<T, RefreshError>>,
     ) -> Result<T, RefreshError> {
         let renew = async {
@@ -121,7 +142,9 @@ impl Lease {
             result = work => result,
             never = renew => never,
         };
-        if let Err(error) = self.store.release_lease(&self.key, &self.owner).await {
+        if !self.released.load(Ordering::Relaxed)
+            && let Err(error) = self.store.release_lease(&self.key, &self.owner).await
+        {
             // It expires by itself within LEASE_TTL.
             tracing::warn!(%error, "could not release a refresh lease");
         }

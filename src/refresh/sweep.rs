@@ -3,11 +3,11 @@
 //! schedule, one MGET of the due keys, then the refreshes themselves.
 
 use super::flight::{Landed, replaces};
-use super::{RefreshError, TokenService};
+use super::{RefreshError, TokenService, due_at};
 use crate::audit::{Action, Outcome};
 use crate::domain::TokenKey;
 use crate::secret::Secret;
-use crate::store::{Forget, StoreError};
+use crate::store::{Forget, StoreError, TokenRecord};
 use futures::StreamExt;
 use serde::Serialize;
 use std::collections::HashSet;
@@ -15,8 +15,12 @@ use std::time::Instant;
 
 /// At most this many due keys per sweep; the rest stay due for the next one.
 const MAX_DUE_PER_SWEEP: usize = 10_000;
-/// Active-set members checked per sweep for keys that expired unseen.
-const PRUNE_PER_SWEEP: usize = 500;
+/// Active-set members checked per step for keys that expired unseen and for
+/// tokens another writer stored; at most [`RECONCILE_STEPS`] steps per sweep, so
+/// a sweep looks at up to 2,000 members and a few hundred are all adopted by the
+/// first sweep.
+const RECONCILE_PER_STEP: usize = 500;
+const RECONCILE_STEPS: usize = 4;
 
 /// What one sweep did; printed by `handler sweep` and logged by the timers.
 #[derive(Debug, Default, Clone, Serialize)]
@@ -40,6 +44,8 @@ pub struct SweepSummary {
     pub revoked: usize,
     /// Index entries whose token had expired, removed.
     pub pruned: usize,
+    /// Tokens another writer stored, indexed and scheduled from now on.
+    pub adopted: usize,
     pub duration_ms: u64,
     /// Requests this sweep sent to Redis (a pipeline or script counts once);
     /// concurrent requests of other callers are counted too.
@@ -49,7 +55,7 @@ pub struct SweepSummary {
 impl SweepSummary {
     pub fn line(&self) -> String {
         format!(
-            "sweep: due={} refreshed={} failed={} skipped_locked={} backing_off={} idle={} no_grant={} undecryptable={} revoked={} pruned={} duration_ms={} round_trips={}",
+            "sweep: due={} refreshed={} failed={} skipped_locked={} backing_off={} idle={} no_grant={} undecryptable={} revoked={} pruned={} adopted={} duration_ms={} round_trips={}",
             self.due,
             self.refreshed,
             self.failed,
@@ -60,6 +66,7 @@ impl SweepSummary {
             self.undecryptable,
             self.revoked,
             self.pruned,
+            self.adopted,
             self.duration_ms,
             self.round_trips
         )
@@ -87,6 +94,29 @@ impl TokenService {
         let now = self.0.clock.now();
         let settings = self.settings();
         let mut summary = SweepSummary::default();
+
+        // First the active set: tokens another writer stored are scheduled, so
+        // those already due are refreshed by this very sweep.
+        let before = settings.refresh_before_secs;
+        let due_rule = move |record: &TokenRecord| {
+            let stored_at = match record.stored_at {
+                at if at > 0 && at <= now => at,
+                _ => now,
+            };
+            due_at(stored_at, record.expires_on, None, before)
+        };
+        for _ in 0..RECONCILE_STEPS {
+            let step = self
+                .0
+                .store
+                .reconcile_step(RECONCILE_PER_STEP, &due_rule)
+                .await?;
+            summary.pruned += step.pruned;
+            summary.adopted += step.adopted;
+            if step.wrapped {
+                break;
+            }
+        }
 
         let due = self.0.store.due(now, MAX_DUE_PER_SWEEP).await?;
         let (due, dropped) = (due.keys, due.dropped);
@@ -135,13 +165,12 @@ impl TokenService {
             }
         }
 
-        summary.pruned = gone.len() + dropped;
+        summary.pruned += gone.len() + dropped;
         self.0.store.unschedule(&gone, Forget::Everywhere).await?;
         self.0
             .store
             .unschedule(&stop_refreshing, Forget::Schedule)
             .await?;
-        summary.pruned += self.0.store.prune_step(PRUNE_PER_SWEEP).await?;
 
         summary.due = work.len();
         let results: Vec<Swept> = futures::stream::iter(work)

@@ -19,6 +19,14 @@ impl Keys {
         format!("{}tokens:{}", self.ns, self.token_suffix(key))
     }
 
+    /// What every token key starts with (Redis's tracking watches these).
+    pub fn token_prefixes(&self) -> [String; 2] {
+        [
+            format!("{}tokens:agent:", self.ns),
+            format!("{}tokens:user:", self.ns),
+        ]
+    }
+
     /// The set of full keys of stored tokens.
     pub fn active(&self) -> String {
         format!("{}tokens:active", self.ns)

@@ -4,8 +4,8 @@
 
 use super::keys::Keys;
 use super::{
-    Changes, Coordination, Due, Events, Forget, Grant, PutOutcome, RefreshStatus, Schedule, Store,
-    StoreError, StoredToken, TokenRecord, Tokens,
+    ChangeFeed, Coordination, Due, DueRule, Events, Forget, Grant, PutOutcome, Reconciled,
+    RefreshStatus, Schedule, Store, StoreError, StoredToken, TokenRecord, Tokens, Write,
 };
 use crate::clock::Clock;
 use crate::config::StoreKind;
@@ -61,6 +61,49 @@ impl MemoryStore {
         }
         state.tokens.get(key).cloned()
     }
+
+    /// The token write of [`Tokens::put`], under the lock.
+    fn write_token(
+        &self,
+        state: &mut State,
+        key: &TokenKey,
+        record: &TokenRecord,
+        due_at: i64,
+    ) -> PutOutcome {
+        if record.expires_on <= self.clock.now() {
+            return PutOutcome::Superseded;
+        }
+        let mut refresh_count = 0;
+        if let Some(old) = self.live(state, key) {
+            if old.token == record.token {
+                // The same token written twice (a retried write) is not a refresh.
+                return PutOutcome::Written {
+                    refresh_count: old.refresh_count,
+                };
+            }
+            if old.requested_at_ms > record.requested_at_ms {
+                return PutOutcome::Superseded;
+            }
+            refresh_count = old.refresh_count + 1;
+        }
+        let mut stored = record.clone();
+        stored.refresh_count = refresh_count;
+        state.tokens.insert(key.clone(), stored);
+        state.schedule.insert(key.clone(), due_at);
+        state.statuses.remove(key);
+        PutOutcome::Written { refresh_count }
+    }
+}
+
+/// Releases `key`'s lease if `owner` holds it.
+fn release(state: &mut State, key: &TokenKey, owner: &str) {
+    if state
+        .leases
+        .get(key)
+        .is_some_and(|(holder, _)| holder == owner)
+    {
+        state.leases.remove(key);
+    }
 }
 
 #[async_trait]
@@ -74,35 +117,24 @@ impl Tokens for MemoryStore {
         Ok(keys.iter().map(|key| self.live(&mut state, key)).collect())
     }
 
-    async fn put(
+    async fn state(
         &self,
         key: &TokenKey,
-        record: &TokenRecord,
-        due_at: i64,
-    ) -> Result<PutOutcome, StoreError> {
-        if record.expires_on <= self.clock.now() {
-            return Ok(PutOutcome::Superseded);
-        }
+    ) -> Result<(Option<TokenRecord>, Option<RefreshStatus>), StoreError> {
         let mut state = self.lock();
-        let mut refresh_count = 0;
-        if let Some(old) = self.live(&mut state, key) {
-            if old.token == record.token {
-                // The same token written twice (a retried write) is not a refresh.
-                return Ok(PutOutcome::Written {
-                    refresh_count: old.refresh_count,
-                });
-            }
-            if old.requested_at_ms > record.requested_at_ms {
-                return Ok(PutOutcome::Superseded);
-            }
-            refresh_count = old.refresh_count + 1;
+        Ok((self.live(&mut state, key), state.statuses.get(key).cloned()))
+    }
+
+    async fn put(&self, key: &TokenKey, write: &Write<'_>) -> Result<PutOutcome, StoreError> {
+        let mut state = self.lock();
+        if let Some(grant) = write.grant {
+            state.grants.insert(key.clone(), grant.clone());
         }
-        let mut stored = record.clone();
-        stored.refresh_count = refresh_count;
-        state.tokens.insert(key.clone(), stored);
-        state.schedule.insert(key.clone(), due_at);
-        state.statuses.remove(key);
-        Ok(PutOutcome::Written { refresh_count })
+        let outcome = self.write_token(&mut state, key, write.record, write.due_at);
+        if let Some(owner) = write.release {
+            release(&mut state, key, owner);
+        }
+        Ok(outcome)
     }
 
     async fn delete(&self, key: &TokenKey) -> Result<bool, StoreError> {
@@ -185,7 +217,12 @@ impl Schedule for MemoryStore {
         Ok(())
     }
 
-    async fn prune_step(&self, _count: usize) -> Result<usize, StoreError> {
+    /// Nobody else writes this store: nothing to adopt, only expired tokens to drop.
+    async fn reconcile_step(
+        &self,
+        _count: usize,
+        _due_at: &DueRule,
+    ) -> Result<Reconciled, StoreError> {
         let now = self.clock.now();
         let mut state = self.lock();
         let expired: Vec<TokenKey> = state
@@ -199,7 +236,11 @@ impl Schedule for MemoryStore {
             state.schedule.remove(key);
             state.reads.remove(key);
         }
-        Ok(expired.len())
+        Ok(Reconciled {
+            pruned: expired.len(),
+            adopted: 0,
+            wrapped: true,
+        })
     }
 
     async fn statuses(&self, keys: &[TokenKey]) -> Result<Vec<Option<RefreshStatus>>, StoreError> {
@@ -291,15 +332,20 @@ impl Coordination for MemoryStore {
     }
 
     async fn release_lease(&self, key: &TokenKey, owner: &str) -> Result<(), StoreError> {
-        let mut state = self.lock();
-        if state
-            .leases
-            .get(key)
-            .is_some_and(|(holder, _)| holder == owner)
-        {
-            state.leases.remove(key);
-        }
+        release(&mut self.lock(), key, owner);
         Ok(())
+    }
+
+    async fn lease_and_read(
+        &self,
+        key: &TokenKey,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Option<(Option<TokenRecord>, Grant)>, StoreError> {
+        if !self.try_lease(key, owner, ttl).await? {
+            return Ok(None);
+        }
+        Ok(Some((self.get(key).await?, self.grant(key).await?)))
     }
 
     async fn lease_held(&self, key: &TokenKey) -> Result<bool, StoreError> {
@@ -338,8 +384,11 @@ impl Coordination for MemoryStore {
 #[async_trait]
 impl Events for MemoryStore {
     /// Nobody else writes this store: a feed that never says anything.
-    async fn changes(&self) -> Result<Changes, StoreError> {
-        Ok(futures::stream::pending().boxed())
+    async fn changes(&self) -> Result<ChangeFeed, StoreError> {
+        Ok(ChangeFeed {
+            changes: futures::stream::pending().boxed(),
+            complete: true,
+        })
     }
 
     /// The audit stream is a Redis feature; log lines carry every event anyway.

@@ -28,6 +28,43 @@ use futures::stream::BoxStream;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// When a token's refresh is due, from its record (the refresh engine's rule,
+/// for tokens the store adopts).
+pub type DueRule = dyn for<'r> Fn(&'r TokenRecord) -> i64 + Sync;
+
+/// What [`Schedule::reconcile_step`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Reconciled {
+    /// Members whose token was gone, removed from every index.
+    pub pruned: usize,
+    /// Tokens another writer stored, now indexed and scheduled.
+    pub adopted: usize,
+    /// Whether the scan of the active set came round to its start.
+    pub wrapped: bool,
+}
+
+/// A token write: the record, when its refresh is due, and what goes with it.
+pub struct Write<'a> {
+    pub record: &'a TokenRecord,
+    pub due_at: i64,
+    /// A refresh token to keep with it (sealed when an encryption key is set).
+    pub grant: Option<&'a Secret>,
+    /// The owner of the key's lease, released once the write is done.
+    pub release: Option<&'a str>,
+}
+
+impl<'a> Write<'a> {
+    /// The record alone.
+    pub fn token(record: &'a TokenRecord, due_at: i64) -> Self {
+        Self {
+            record,
+            due_at,
+            grant: None,
+            release: None,
+        }
+    }
+}
+
 /// What [`Schedule::due`] found.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Due {
@@ -61,16 +98,18 @@ pub trait Tokens: Send + Sync {
     /// Many tokens in one round trip, in the order of `keys`.
     async fn get_many(&self, keys: &[TokenKey]) -> Result<Vec<Option<TokenRecord>>, StoreError>;
 
-    /// Stores `record` with TTL = seconds until it expires (atomically incrementing
-    /// `refresh_count` when it replaces a token, and refusing an older one), then
-    /// adds it to the active set, schedules its refresh at `due_at`, clears its
-    /// failure status and announces the change.
-    async fn put(
+    /// The token and its failure status, in one round trip.
+    async fn state(
         &self,
         key: &TokenKey,
-        record: &TokenRecord,
-        due_at: i64,
-    ) -> Result<PutOutcome, StoreError>;
+    ) -> Result<(Option<TokenRecord>, Option<RefreshStatus>), StoreError>;
+
+    /// Stores the record with TTL = seconds until it expires (atomically
+    /// incrementing `refresh_count` when it replaces a token, and refusing an
+    /// older one) with its refresh token; then adds it to the active set,
+    /// schedules its refresh, clears its failure status, announces the change and
+    /// releases the lease named, in two round trips.
+    async fn put(&self, key: &TokenKey, write: &Write<'_>) -> Result<PutOutcome, StoreError>;
 
     /// Removes the token, its refresh token and every index entry. `true` when a
     /// token was stored.
@@ -98,9 +137,15 @@ pub trait Schedule: Send + Sync {
 
     async fn unschedule(&self, keys: &[TokenKey], forget: Forget) -> Result<(), StoreError>;
 
-    /// Checks the next `count` members of the active set and removes those whose
-    /// token has expired; resumes where the last call stopped. Returns how many went.
-    async fn prune_step(&self, count: usize) -> Result<usize, StoreError>;
+    /// Checks the next `count` members of the active set, resuming where the last
+    /// call stopped: removes those whose token is gone, and indexes those no index
+    /// knows (tokens another writer stored, such as the service this one
+    /// replaces), due by the usual rules from their `expires_on` (`due_at`).
+    async fn reconcile_step(
+        &self,
+        count: usize,
+        due_at: &DueRule,
+    ) -> Result<Reconciled, StoreError>;
 
     /// Many statuses in one round trip, in the order of `keys`.
     async fn statuses(&self, keys: &[TokenKey]) -> Result<Vec<Option<RefreshStatus>>, StoreError>;
@@ -140,6 +185,16 @@ pub trait Coordination: Send + Sync {
         ttl: Duration,
     ) -> Result<bool, StoreError>;
 
+    /// The same, and what the holder needs, read in the same round trip: the
+    /// token and its refresh token as they are under the lease. `None` when
+    /// another owner holds it.
+    async fn lease_and_read(
+        &self,
+        key: &TokenKey,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Option<(Option<TokenRecord>, Grant)>, StoreError>;
+
     /// Extends the lease if `owner` still holds it.
     async fn renew_lease(
         &self,
@@ -164,14 +219,30 @@ pub trait Coordination: Send + Sync {
     ) -> Result<(u64, u64), StoreError>;
 }
 
-/// Keys of tokens written or deleted, by this instance or any other.
-pub type Changes = BoxStream<'static, TokenKey>;
+/// A change to the stored tokens, by this instance or any other writer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// This token was written, deleted, renamed or expired.
+    Key(TokenKey),
+    /// Anything may have changed (the database was flushed).
+    All,
+}
+
+/// What the store reports of changes, live until the stream ends (a connection
+/// behind it dropped: whatever was cached meanwhile is not to be trusted).
+pub struct ChangeFeed {
+    pub changes: BoxStream<'static, Change>,
+    /// Every change by any writer is reported (Redis's server-assisted tracking).
+    /// When not, only this service's own writes are, and cached entries must be
+    /// revalidated every second.
+    pub complete: bool,
+}
 
 /// What the store tells others, and hears from them.
 #[async_trait]
 pub trait Events: Send + Sync {
-    /// A live feed of changed keys; it ends when the connection behind it drops.
-    async fn changes(&self) -> Result<Changes, StoreError>;
+    /// A live feed of changed keys.
+    async fn changes(&self) -> Result<ChangeFeed, StoreError>;
 
     /// Appends an audit event (field name, value) to the capped audit stream.
     async fn append_audit(&self, fields: &[(&'static str, String)]) -> Result<(), StoreError>;

@@ -129,7 +129,7 @@ async fn the_cache_never_serves_below_the_minimum_validity() {
 
     // And as time passes: a token cached with 8 s left is not served once below 5 s.
     app.idp.set_expires_in(8);
-    app.state.cache.as_deref().unwrap().set_live(true); // start from an empty cache
+    app.state.cache.as_deref().unwrap().clear(); // start from an empty cache
     app.post(
         &format!("/api/tokens/refresh/{GRAPH_ENCODED}"),
         Some(&app.keys.reader),

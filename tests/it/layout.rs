@@ -7,7 +7,7 @@ use serde_json::Value;
 use std::collections::HashSet;
 use token_broker::domain::{Scope, TokenKey};
 use token_broker::secret::Secret;
-use token_broker::store::{PutOutcome, TokenMetadata, TokenRecord};
+use token_broker::store::{PutOutcome, TokenMetadata, TokenRecord, Write};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn token_json_ttl_and_active_set_follow_the_spec() {
@@ -104,7 +104,10 @@ async fn concurrent_writers_never_lose_an_increment_or_put_back_an_older_token()
         tokio::spawn(async move {
             state
                 .store
-                .put(&key, &record(&format!("tok-{i}"), base - i, i), base)
+                .put(
+                    &key,
+                    &Write::token(&record(&format!("tok-{i}"), base - i, i), base),
+                )
                 .await
                 .unwrap()
         })
@@ -130,7 +133,7 @@ async fn concurrent_writers_never_lose_an_increment_or_put_back_an_older_token()
     // A stale writer (its request began earlier) is refused even though its token
     // would live longer, and the count is untouched.
     let outcome = store
-        .put(&key, &record("old", base + 100, 5), base)
+        .put(&key, &Write::token(&record("old", base + 100, 5), base))
         .await
         .unwrap();
     assert_eq!(outcome, PutOutcome::Superseded);
@@ -141,7 +144,7 @@ async fn concurrent_writers_never_lose_an_increment_or_put_back_an_older_token()
     );
     // Writing the same token twice (a retried write) is not a refresh.
     let outcome = store
-        .put(&key, &record("tok-39", base - 39, 39), base)
+        .put(&key, &Write::token(&record("tok-39", base - 39, 39), base))
         .await
         .unwrap();
     assert_eq!(
@@ -201,4 +204,28 @@ async fn a_sweep_refreshes_due_tokens_acquires_warm_scopes_and_prunes_the_index(
     let summary = app.state.tokens.sweep().await.unwrap();
     assert_eq!((summary.due, summary.refreshed, summary.pruned), (0, 0, 0));
     assert_eq!(app.idp.requests() - requests_before, 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sweep_costs_at_most_four_redis_round_trips_per_refreshed_token() {
+    let app = TestApp::spawn().await;
+    // 600 s tokens are due at once (900 s window).
+    app.idp.set_expires_in(600);
+    let scopes: Vec<String> = (0..50).map(|i| format!("Sweep.Scope{i}")).collect();
+    for scope in &scopes {
+        let (status, _) = app
+            .get(&format!("/api/tokens/{scope}"), Some(&app.keys.admin))
+            .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let summary = app.state.tokens.sweep().await.unwrap();
+    assert_eq!(summary.refreshed, 50, "{summary:?}");
+    // A handful per sweep (schedule, records, read clocks, the active-set scan),
+    // then four per token: its state, the lease with what is under it, the write
+    // with its refresh token, the indexes with the release.
+    assert!(
+        summary.round_trips <= 12 + 4 * 50,
+        "{} round trips for 50 refreshes",
+        summary.round_trips
+    );
 }

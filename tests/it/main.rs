@@ -13,3 +13,4 @@ mod refresh;
 mod scale;
 mod store;
 mod users;
+mod writers;

@@ -8,7 +8,7 @@ use token_broker::config::Config;
 use token_broker::domain::{Scope, TokenKey, UserId};
 use token_broker::secret::Secret;
 use token_broker::store::{
-    self, Forget, Grant, PutOutcome, RefreshStatus, SharedStore, TokenMetadata, TokenRecord,
+    self, Forget, Grant, PutOutcome, RefreshStatus, SharedStore, TokenMetadata, TokenRecord, Write,
 };
 
 /// A store under test, with the Redis behind it when there is one.
@@ -93,7 +93,7 @@ async fn writes_count_refreshes_and_never_put_back_an_older_token(store: SharedS
     let due = unix_now() + 3000;
     let put = |r: TokenRecord| {
         let (store, key) = (store.clone(), key.clone());
-        async move { store.put(&key, &r, due).await.unwrap() }
+        async move { store.put(&key, &Write::token(&r, due)).await.unwrap() }
     };
     assert_eq!(
         put(record(&key, "a", 3600, 10)).await,
@@ -130,7 +130,10 @@ async fn writes_count_refreshes_and_never_put_back_an_older_token(store: SharedS
 async fn delete_removes_the_token_its_grant_and_its_status(store: SharedStore) {
     let key = user("alice", "User.Read");
     store
-        .put(&key, &record(&key, "t", 3600, 1), unix_now() - 1)
+        .put(
+            &key,
+            &Write::token(&record(&key, "t", 3600, 1), unix_now() - 1),
+        )
         .await
         .unwrap();
     store.put_grant(&key, &Secret::new("rt")).await.unwrap();
@@ -151,7 +154,10 @@ async fn the_listing_names_every_token_as_other_applications_read_it(store: Shar
     let (a, b) = (agent("User.Read"), user("bob", "Mail.Send"));
     for (key, token) in [(&a, "ta"), (&b, "tb")] {
         store
-            .put(key, &record(key, token, 3600, 1), unix_now() + 3000)
+            .put(
+                key,
+                &Write::token(&record(key, token, 3600, 1), unix_now() + 3000),
+            )
             .await
             .unwrap();
     }
@@ -194,7 +200,7 @@ async fn due_keys_come_soonest_first_bounded_and_leave_when_unscheduled(store: S
     let (first, second, later) = (agent("A"), user("u", "B"), agent("C"));
     for (key, due) in [(&second, now - 10), (&later, now + 100), (&first, now - 30)] {
         store
-            .put(key, &record(key, "t", 3600, 1), due)
+            .put(key, &Write::token(&record(key, "t", 3600, 1), due))
             .await
             .unwrap();
     }
@@ -223,7 +229,7 @@ async fn a_failure_status_is_kept_and_schedules_the_retry(store: SharedStore) {
     let (failed, fine) = (agent("A"), agent("B"));
     for key in [&failed, &fine] {
         store
-            .put(key, &record(key, "t", 3600, 1), now + 3000)
+            .put(key, &Write::token(&record(key, "t", 3600, 1), now + 3000))
             .await
             .unwrap();
     }
@@ -242,7 +248,10 @@ async fn a_failure_status_is_kept_and_schedules_the_retry(store: SharedStore) {
     );
     // The next successful write clears it.
     store
-        .put(&failed, &record(&failed, "new", 3600, 2), now + 3000)
+        .put(
+            &failed,
+            &Write::token(&record(&failed, "new", 3600, 2), now + 3000),
+        )
         .await
         .unwrap();
     assert_eq!(store.status(&failed).await.unwrap(), None);
@@ -332,8 +341,14 @@ async fn counts_and_the_soonest_expiry_follow_the_stored_tokens(store: SharedSto
     let (a, b) = (agent("A"), agent("B"));
     let ra = record(&a, "ta", 200, 1);
     let rb = record(&b, "tb", 100, 1);
-    store.put(&a, &ra, unix_now() + 100).await.unwrap();
-    store.put(&b, &rb, unix_now() + 50).await.unwrap();
+    store
+        .put(&a, &Write::token(&ra, unix_now() + 100))
+        .await
+        .unwrap();
+    store
+        .put(&b, &Write::token(&rb, unix_now() + 50))
+        .await
+        .unwrap();
     assert_eq!(store.active_count().await.unwrap(), 2);
     assert_eq!(store.soonest_expiry().await.unwrap(), Some(rb.expires_on));
     store.ping().await.unwrap();

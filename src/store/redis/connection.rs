@@ -11,7 +11,7 @@ use redis::{Cmd, ConnectionInfo, RedisFuture, RedisResult, TlsCertificates, TlsM
 use std::time::Duration;
 
 /// How long one Redis command may take before the request it serves gives up.
-const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+pub(super) const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// One server, or a Redis Cluster. Both reconnect by themselves; the cluster
@@ -55,15 +55,11 @@ impl ConnectionLike for Conn {
 /// use and remade in the background after it drops.
 pub(super) fn connect(config: &RedisConfig) -> Result<(Conn, Vec<redis::Client>), ConfigError> {
     let invalid = |e: redis::RedisError| ConfigError(format!("REDIS_HOST: {e}"));
-    let client = |info: ConnectionInfo| match certificates(config) {
-        Some(certs) => redis::Client::build_with_tls(info, certs),
-        None => redis::Client::open(info),
-    };
     let clients = config
         .nodes
         .iter()
         .cloned()
-        .map(client)
+        .map(|info| client(info, config.ca_cert.as_deref()))
         .collect::<RedisResult<Vec<_>>>()
         .map_err(invalid)?;
     let Some(first) = clients.first() else {
@@ -103,10 +99,22 @@ pub(super) fn connect(config: &RedisConfig) -> Result<(Conn, Vec<redis::Client>)
 }
 
 fn certificates(config: &RedisConfig) -> Option<TlsCertificates> {
-    config.ca_cert.clone().map(|pem| TlsCertificates {
+    config.ca_cert.as_deref().map(trusting)
+}
+
+fn trusting(ca_cert: &[u8]) -> TlsCertificates {
+    TlsCertificates {
         client_tls: None,
-        root_cert: Some(pem),
-    })
+        root_cert: Some(ca_cert.to_vec()),
+    }
+}
+
+/// A client for one server, trusting `ca_cert` when given.
+pub(super) fn client(info: ConnectionInfo, ca_cert: Option<&[u8]>) -> RedisResult<redis::Client> {
+    match ca_cert {
+        Some(pem) => redis::Client::build_with_tls(info, trusting(pem)),
+        None => redis::Client::open(info),
+    }
 }
 
 /// What a failed first PING says about the configuration: one line when it can

@@ -2,7 +2,7 @@
 
 use super::RedisStore;
 use crate::domain::TokenKey;
-use crate::store::{Coordination, StoreError};
+use crate::store::{Coordination, Grant, StoreError, TokenRecord};
 use async_trait::async_trait;
 use std::time::Duration;
 
@@ -22,6 +22,35 @@ impl Coordination for RedisStore {
             .arg(ttl.as_millis() as u64);
         let taken: Option<String> = self.query(set).await?;
         Ok(taken.is_some())
+    }
+
+    async fn lease_and_read(
+        &self,
+        key: &TokenKey,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Option<(Option<TokenRecord>, Grant)>, StoreError> {
+        let (name, secret) = (self.keys.token(key), self.keys.secret(key));
+        let mut cmds = [redis::cmd("SET"), redis::cmd("GET"), redis::cmd("GET")];
+        cmds[0]
+            .arg(self.keys.lease(key))
+            .arg(owner)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl.as_millis() as u64);
+        cmds[1].arg(&name);
+        cmds[2].arg(&secret);
+        // The reads ride along with the attempt; they are used only if it succeeds,
+        // and then they are as the new holder sees them (nobody else writes the
+        // token or its grant without the lease).
+        let replies = self.each(&cmds).await?;
+        if matches!(replies.first(), Some(redis::Value::Nil) | None) {
+            return Ok(None);
+        }
+        Ok(Some((
+            self.record_in(&name, replies.get(1))?,
+            self.grant_in(key, &secret, replies.get(2)),
+        )))
     }
 
     async fn renew_lease(

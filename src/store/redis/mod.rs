@@ -11,6 +11,7 @@ mod events;
 mod schedule;
 mod scripts;
 mod tokens;
+mod tracking;
 
 use self::connection::Conn;
 use self::scripts::Scripts;
@@ -37,8 +38,13 @@ pub struct RedisStore {
     sealer: Sealer,
     clock: Clock,
     round_trips: AtomicU64,
-    /// Whether `REDIS_CA_CERT` was given, for the start-up message.
-    custom_ca: bool,
+    /// The servers (or cluster seeds) as configured: login and TLS for every
+    /// connection made later, to cluster masters too.
+    nodes: Vec<redis::ConnectionInfo>,
+    /// `REDIS_CA_CERT`, trusted by those connections.
+    ca_cert: Option<Vec<u8>>,
+    /// Whether a server refused tracking already (warned once).
+    tracking_refused: std::sync::atomic::AtomicBool,
 }
 
 impl RedisStore {
@@ -60,7 +66,9 @@ impl RedisStore {
             sealer,
             clock,
             round_trips: AtomicU64::new(0),
-            custom_ca: config.ca_cert.is_some(),
+            nodes: config.nodes.clone(),
+            ca_cert: config.ca_cert.clone(),
+            tracking_refused: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -79,6 +87,10 @@ impl RedisStore {
             }
             other => other,
         }
+    }
+
+    fn client_for(&self, info: redis::ConnectionInfo) -> RedisResult<redis::Client> {
+        connection::client(info, self.ca_cert.as_deref())
     }
 
     /// One command, its reply.
@@ -168,7 +180,7 @@ impl Store for RedisStore {
         let Err(error) = self.ping().await else {
             return Ok(());
         };
-        if let Some(why) = connection::diagnose(&error, self.custom_ca) {
+        if let Some(why) = connection::diagnose(&error, self.ca_cert.is_some()) {
             return Err(why);
         }
         tracing::warn!(%error, "Redis is not reachable yet; requests will retry it");

@@ -3,7 +3,7 @@
 
 use super::RedisStore;
 use crate::domain::TokenKey;
-use crate::store::{Due, Forget, RefreshStatus, Schedule, StoreError};
+use crate::store::{Due, DueRule, Forget, Reconciled, RefreshStatus, Schedule, StoreError};
 use async_trait::async_trait;
 use redis::{Cmd, Value};
 
@@ -24,6 +24,38 @@ impl RedisStore {
                 cmd
             })
             .collect()
+    }
+
+    /// Index entries for tokens another writer stored (their key names, read
+    /// whole): their refresh due by `due_at` and their expiry, two per token.
+    /// Values that are not token JSON, or names that are not token keys, are
+    /// left alone.
+    async fn adopt(&self, names: &[String], due_at: &DueRule) -> Result<Vec<Cmd>, StoreError> {
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let values = self.mget(names).await?;
+        let mut cmds = Vec::new();
+        for (name, value) in names.iter().zip(values) {
+            let (Some(_), Some(json)) = (self.keys.parse_token(name), value) else {
+                continue;
+            };
+            let Ok(record) = super::parse_record(name, &json) else {
+                continue;
+            };
+            let mut schedule = redis::cmd("ZADD");
+            schedule
+                .arg(self.keys.schedule())
+                .arg(due_at(&record))
+                .arg(name);
+            let mut expiry = redis::cmd("ZADD");
+            expiry
+                .arg(self.keys.expiry())
+                .arg(record.expires_on)
+                .arg(name);
+            cmds.extend([schedule, expiry]);
+        }
+        Ok(cmds)
     }
 
     fn names(&self, keys: &[TokenKey]) -> Vec<String> {
@@ -70,7 +102,11 @@ impl Schedule for RedisStore {
         Ok(())
     }
 
-    async fn prune_step(&self, count: usize) -> Result<usize, StoreError> {
+    async fn reconcile_step(
+        &self,
+        count: usize,
+        due_at: &DueRule,
+    ) -> Result<Reconciled, StoreError> {
         let cursor_key = self.keys.prune_cursor();
         let mut get = redis::cmd("GET");
         get.arg(&cursor_key);
@@ -81,7 +117,10 @@ impl Schedule for RedisStore {
             .arg("COUNT")
             .arg(count);
         let (next, members): (u64, Vec<String>) = self.query(scan).await?;
-        let checks: Vec<Cmd> = members
+        // Whether each member's token is there, and whether the expiry index knows
+        // it: every token this service writes is in it; one another writer stored
+        // is not.
+        let mut checks: Vec<Cmd> = members
             .iter()
             .map(|member| {
                 let mut exists = redis::cmd("EXISTS");
@@ -89,19 +128,35 @@ impl Schedule for RedisStore {
                 exists
             })
             .collect();
-        let exists = self.each(&checks).await?;
-        let gone: Vec<String> = members
-            .into_iter()
-            .zip(exists)
-            .filter(|(_, exists)| matches!(exists, Value::Int(0)))
-            .map(|(member, _)| member)
-            .collect();
+        if !members.is_empty() {
+            let mut scores = redis::cmd("ZMSCORE");
+            scores.arg(self.keys.expiry()).arg(&members);
+            checks.push(scores);
+        }
+        let mut replies = self.each(&checks).await?;
+        let scores = match members.is_empty() {
+            true => Vec::new(),
+            false => match replies.pop() {
+                Some(Value::Array(scores)) => scores,
+                _ => Vec::new(),
+            },
+        };
+        let (mut gone, mut unindexed) = (Vec::new(), Vec::new());
+        for (i, member) in members.into_iter().enumerate() {
+            match (replies.get(i), scores.get(i)) {
+                (Some(Value::Int(0)), _) => gone.push(member),
+                (_, Some(Value::Nil)) => unindexed.push(member),
+                _ => {}
+            }
+        }
+        let mut cmds = self.adopt(&unindexed, due_at).await?;
+        let adopted = cmds.len() / 2;
         let mut expired = redis::cmd("ZREMRANGEBYSCORE");
         expired
             .arg(self.keys.expiry())
             .arg("-inf")
             .arg(self.clock.now());
-        let mut cmds = vec![expired];
+        cmds.push(expired);
         // A cursor that did not move (an active set scanned whole) is not rewritten.
         if next != cursor {
             let mut set = redis::cmd("SET");
@@ -112,7 +167,11 @@ impl Schedule for RedisStore {
             cmds.extend(self.forget_members(&gone, Forget::Everywhere));
         }
         self.each_ignored(&cmds).await?;
-        Ok(gone.len())
+        Ok(Reconciled {
+            pruned: gone.len(),
+            adopted,
+            wrapped: next == 0,
+        })
     }
 
     async fn statuses(&self, keys: &[TokenKey]) -> Result<Vec<Option<RefreshStatus>>, StoreError> {

@@ -40,8 +40,9 @@ return 0
 "#;
 
 /// Releases a lease only for its owner: a slow owner whose lease expired and was
-/// taken by another instance must not release the new holder's lease.
-const RELEASE: &str = r#"
+/// taken by another instance must not release the new holder's lease. Also sent
+/// as a plain `EVAL` inside the pipeline that ends a write.
+pub(super) const RELEASE: &str = r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end

@@ -76,6 +76,8 @@ struct Inner {
 
 struct IdpState {
     inner: Mutex<Inner>,
+    /// A redeemed refresh token is used up (Entra rotates them).
+    rotating: std::sync::atomic::AtomicBool,
     expires_in: AtomicU64,
     refresh_in: AtomicU64,
     padding: AtomicU64,
@@ -94,6 +96,7 @@ impl Idp {
     pub async fn start() -> Self {
         let state = Arc::new(IdpState {
             inner: Mutex::default(),
+            rotating: std::sync::atomic::AtomicBool::new(false),
             expires_in: AtomicU64::new(3599),
             refresh_in: AtomicU64::new(0),
             padding: AtomicU64::new(0),
@@ -194,6 +197,21 @@ impl Idp {
 
     pub fn revoke_refresh_tokens(&self) {
         self.inner().refresh_tokens.clear();
+    }
+
+    /// From now on a refresh token works once: redeeming it uses it up.
+    pub fn set_rotating(&self, rotating: bool) {
+        self.state.rotating.store(rotating, Ordering::SeqCst);
+    }
+
+    /// A refresh token this double accepts, as if issued to another writer.
+    pub fn issue_refresh_token(&self) -> String {
+        let token = format!("rt-elsewhere-{}", b64(&rand::random::<[u8; 24]>()));
+        record_issued(&token);
+        let mut inner = self.inner();
+        inner.refresh_tokens.insert(token.clone());
+        inner.issued.push(token.clone());
+        token
     }
 
     /// Hold every request until [`Idp::release`].
@@ -351,9 +369,14 @@ async fn token(
             }
         }
         "refresh_token" => {
-            let known = form
-                .get("refresh_token")
-                .is_some_and(|rt| state.inner.lock().unwrap().refresh_tokens.contains(rt));
+            let rotating = state.rotating.load(Ordering::SeqCst);
+            let known = form.get("refresh_token").is_some_and(|rt| {
+                let mut inner = state.inner.lock().unwrap();
+                match rotating {
+                    true => inner.refresh_tokens.remove(rt),
+                    false => inner.refresh_tokens.contains(rt),
+                }
+            });
             if !known {
                 return refuse(400, "invalid_grant", 70000);
             }

@@ -1,0 +1,251 @@
+//! The in-process cache of served tokens, in front of Redis.
+//!
+//! Entries are the answer to `GET /api/tokens/{scope}` already serialized, so a hit
+//! costs a map lookup and no JSON work. Every instance drops an entry when its
+//! token changes in Redis, whoever changed it: the store reports changes
+//! ([`listen`]; Redis's `CLIENT TRACKING` on every master), and the instance that
+//! writes a token puts the new one in at once. Entries are served without asking
+//! Redis only while that feed is live; where the store reports only this
+//! service's own writes, entries older than [`REVALIDATE_AFTER`] are asked for
+//! again. While Redis cannot be reached at all, entries are still served.
+
+mod entries;
+mod listener;
+#[cfg(test)]
+mod tests;
+
+pub use self::listener::listen;
+
+use self::entries::Entries;
+use crate::clock::Clock;
+use crate::domain::TokenKey;
+use crate::secret::Secret;
+use crate::store::TokenRecord;
+use axum::body::Bytes;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+/// Without a complete change feed, an entry is served for at most this long
+/// before Redis is asked again: a change by another writer shows within a second.
+pub const REVALIDATE_AFTER: Duration = Duration::from_millis(900);
+
+/// A token as the API serves it.
+pub struct Served {
+    pub token: Secret,
+    pub expires_on: i64,
+    /// `{"token","expires_on","scope","refresh_count","stored_at"[,"user_id"]}`.
+    pub body: Bytes,
+    /// When a read of this token was last recorded for the idle rule (Unix
+    /// seconds): kept here so a cache hit needs no shared lock to check it.
+    pub read_marked: AtomicI64,
+    /// When it was last served from the cache, on the cache's own count of hits
+    /// (what eviction compares).
+    used: AtomicU64,
+    /// When it was read from the store.
+    fetched: Instant,
+}
+
+/// Without the body, which holds the token itself.
+impl std::fmt::Debug for Served {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Served")
+            .field("token", &self.token)
+            .field("expires_on", &self.expires_on)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Served {
+    pub fn new(record: &TokenRecord) -> Self {
+        let mut body = serde_json::json!({
+            "token": record.token.expose(),
+            "expires_on": record.expires_on,
+            "scope": record.scope,
+            "refresh_count": record.refresh_count,
+            "stored_at": record.stored_at,
+        });
+        if let Some(user) = &record.user_id {
+            body["user_id"] = serde_json::Value::from(user.as_str());
+        }
+        Self {
+            token: record.token.clone(),
+            expires_on: record.expires_on,
+            body: Bytes::from(body.to_string()),
+            read_marked: AtomicI64::new(0),
+            used: AtomicU64::new(0),
+            fetched: Instant::now(),
+        }
+    }
+
+    pub fn seconds_left(&self, now: i64) -> i64 {
+        self.expires_on - now
+    }
+}
+
+/// Invalidation generations are kept per stripe of keys, not per key, so that
+/// remembering them costs fixed memory; a shared stripe only costs a skipped insert.
+const STRIPES: usize = 256;
+
+/// Bounded in entries and in bytes of served bodies; when full, a sampled least
+/// recently used entry (or an expired one) makes room.
+///
+/// A read that misses takes a [`Ticket`] before asking Redis and inserts with it:
+/// the insert is refused when the key was invalidated after the ticket was taken,
+/// because what that read fetched may predate the write behind the invalidation
+/// (a token deleted or force-refreshed meanwhile must not come back from a slow
+/// reader).
+pub struct TokenCache {
+    entries: RwLock<Entries>,
+    clock: Clock,
+    live: AtomicBool,
+    /// Whether the live feed reports every writer's changes.
+    complete: AtomicBool,
+    generation: AtomicU64,
+    /// Hits so far: the clock of least-recent use.
+    hits: AtomicU64,
+    max_entries: usize,
+    max_bytes: usize,
+}
+
+/// See [`TokenCache::ticket`].
+#[derive(Debug, Clone, Copy)]
+pub struct Ticket(u64);
+
+fn stripe(key: &TokenKey) -> usize {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(key) as usize % STRIPES
+}
+
+impl TokenCache {
+    pub fn new(max_entries: usize, max_bytes: usize, clock: Clock) -> Self {
+        Self {
+            entries: RwLock::new(Entries::new()),
+            clock,
+            live: AtomicBool::new(false),
+            complete: AtomicBool::new(true),
+            generation: AtomicU64::new(0),
+            hits: AtomicU64::new(0),
+            max_entries,
+            max_bytes,
+        }
+    }
+
+    /// An entry with at least `min_validity` seconds left, if the change feed is
+    /// live (and, without a complete feed, if it is recent).
+    pub fn get(&self, key: &TokenKey, min_validity: u64) -> Option<Arc<Served>> {
+        if !self.live.load(Ordering::Acquire) {
+            return None;
+        }
+        let hit = self.peek(key, min_validity)?;
+        if !self.complete.load(Ordering::Relaxed) && hit.fetched.elapsed() > REVALIDATE_AFTER {
+            return None;
+        }
+        hit.used
+            .store(self.hits.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
+        Some(hit)
+    }
+
+    /// The same, whether or not the feed is live: for when Redis is unreachable.
+    pub fn peek(&self, key: &TokenKey, min_validity: u64) -> Option<Arc<Served>> {
+        let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
+        entries
+            .get(key)
+            .filter(|served| served.seconds_left(self.clock.now()) >= min_validity as i64)
+            .cloned()
+    }
+
+    /// Taken before reading what will be inserted.
+    pub fn ticket(&self) -> Ticket {
+        Ticket(self.generation.load(Ordering::SeqCst))
+    }
+
+    /// Keeps `served` unless `key` was invalidated since `ticket` was taken.
+    pub fn insert(&self, key: &TokenKey, served: Arc<Served>, ticket: Ticket) {
+        let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
+        if ticket.0 < entries.floor || entries.stripes[stripe(key)] > ticket.0 {
+            return;
+        }
+        self.put(&mut entries, key, served);
+    }
+
+    /// What this instance just wrote to the store under `key`: replaces the entry
+    /// at once, and refuses every read that began before the write. When another
+    /// change of `key` was heard of since `ticket` (taken before the write), the
+    /// entry is dropped instead: which write is newer is the store's to say.
+    pub fn written(&self, key: &TokenKey, served: Arc<Served>, ticket: Ticket) {
+        let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
+        let heard_of_another = ticket.0 < entries.floor || entries.stripes[stripe(key)] > ticket.0;
+        entries.stripes[stripe(key)] = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        if heard_of_another {
+            entries.remove(key);
+            return;
+        }
+        self.put(&mut entries, key, served);
+    }
+
+    fn put(&self, entries: &mut Entries, key: &TokenKey, served: Arc<Served>) {
+        if served.body.len() > self.max_bytes / 16 {
+            entries.remove(key);
+            return;
+        }
+        served
+            .used
+            .store(self.hits.load(Ordering::Relaxed), Ordering::Relaxed);
+        let bounds = (self.max_entries, self.max_bytes);
+        entries.insert(key, served, bounds, self.clock.now());
+    }
+
+    pub fn invalidate(&self, key: &TokenKey) {
+        let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
+        entries.stripes[stripe(key)] = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        entries.remove(key);
+    }
+
+    /// Drops everything, and refuses every read that began before.
+    pub fn clear(&self) {
+        let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
+        entries.clear();
+        entries.floor = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+    }
+
+    /// Whether entries may be served without asking Redis. Set false when the
+    /// feed drops; set true (after clearing, as changes may have been missed)
+    /// when it is back, `complete` when it reports every writer's changes.
+    pub fn set_live(&self, live: bool, complete: bool) {
+        if live {
+            self.clear();
+            self.complete.store(complete, Ordering::Relaxed);
+        }
+        self.live.store(live, Ordering::Release);
+    }
+
+    pub fn is_live(&self) -> bool {
+        self.live.load(Ordering::Acquire)
+    }
+
+    /// How other writers' changes are seen: `tracking` (reported as they
+    /// happen) or `revalidate` (entries asked for again after a second).
+    pub fn coherence(&self) -> &'static str {
+        match self.complete.load(Ordering::Relaxed) {
+            true => "tracking",
+            false => "revalidate",
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    #[cfg(test)]
+    fn bytes(&self) -> usize {
+        self.entries
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .bytes()
+    }
+}

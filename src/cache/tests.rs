@@ -1,0 +1,192 @@
+use super::*;
+use crate::domain::Scope;
+use crate::store::TokenMetadata;
+
+fn record(token: &str, expires_on: i64) -> TokenRecord {
+    TokenRecord {
+        token: Secret::new(token),
+        expires_on,
+        scope: "S".into(),
+        stored_at: 0,
+        user_id: None,
+        metadata: TokenMetadata::default(),
+        requested_at_ms: 0,
+        refresh_count: 0,
+    }
+}
+
+fn served(token: &str, expires_on: i64) -> Arc<Served> {
+    Arc::new(Served::new(&record(token, expires_on)))
+}
+
+fn key(scope: &str) -> TokenKey {
+    TokenKey::Agent(Scope::parse(scope).unwrap())
+}
+
+#[test]
+fn debug_never_shows_the_token() {
+    let debug = format!("{:?}", served("eyJ-secret-token", 100));
+    assert!(!debug.contains("secret"), "{debug}");
+}
+
+#[test]
+fn serves_only_while_live_and_never_below_min_validity() {
+    let cache = TokenCache::new(10, 1 << 20, Clock::System);
+    cache.set_live(true, true);
+    let now = Clock::System.now();
+    cache.insert(&key("A"), served("a", now + 100), cache.ticket());
+    assert!(cache.get(&key("A"), 50).is_some());
+    assert!(
+        cache.get(&key("A"), 101).is_none(),
+        "below the asked validity"
+    );
+    cache.set_live(false, false);
+    assert!(cache.get(&key("A"), 0).is_none(), "not live: ask Redis");
+    cache.set_live(true, true);
+    assert!(
+        cache.peek(&key("A"), 0).is_none(),
+        "cleared when the channel came back"
+    );
+}
+
+#[test]
+fn bounded_in_entries_and_bytes() {
+    let cache = TokenCache::new(3, 1 << 20, Clock::System);
+    cache.set_live(true, true);
+    let now = Clock::System.now();
+    for i in 0..10 {
+        cache.insert(
+            &key(&format!("S{i}")),
+            served("t", now + 100),
+            cache.ticket(),
+        );
+        assert!(cache.len() <= 3);
+    }
+    let small = TokenCache::new(100, 16 * 200, Clock::System);
+    small.set_live(true, true);
+    for i in 0..100 {
+        small.insert(
+            &key(&format!("S{i}")),
+            served(&"x".repeat(150), now + 100),
+            small.ticket(),
+        );
+        let bytes = small.bytes();
+        assert!(bytes <= 16 * 200, "{bytes}");
+    }
+    cache.invalidate(&key("S9"));
+    assert!(cache.get(&key("S9"), 0).is_none());
+}
+
+#[test]
+fn a_reader_that_started_before_an_invalidation_cannot_insert() {
+    let cache = TokenCache::new(10, 1 << 20, Clock::System);
+    cache.set_live(true, true);
+    let now = Clock::System.now();
+    let slow_reader = cache.ticket();
+    // Meanwhile the token is deleted or refreshed elsewhere.
+    cache.invalidate(&key("A"));
+    cache.insert(&key("A"), served("old", now + 100), slow_reader);
+    assert!(cache.get(&key("A"), 0).is_none(), "stale read kept");
+    // A reader that started after it may insert; other keys are unaffected.
+    cache.insert(&key("A"), served("new", now + 100), cache.ticket());
+    assert!(cache.get(&key("A"), 0).is_some());
+    let before_clear = cache.ticket();
+    cache.set_live(true, true);
+    cache.insert(&key("B"), served("b", now + 100), before_clear);
+    assert!(
+        cache.get(&key("B"), 0).is_none(),
+        "older than the last clear"
+    );
+}
+
+#[test]
+fn a_write_replaces_the_entry_and_refuses_reads_that_began_before_it() {
+    let cache = TokenCache::new(10, 1 << 20, Clock::System);
+    cache.set_live(true, true);
+    let now = Clock::System.now();
+    let slow_reader = cache.ticket();
+    let writer = cache.ticket();
+    cache.written(&key("A"), served("new", now + 100), writer);
+    assert_eq!(cache.get(&key("A"), 0).unwrap().token.expose(), "new");
+    cache.insert(&key("A"), served("old", now + 100), slow_reader);
+    assert_eq!(
+        cache.get(&key("A"), 0).unwrap().token.expose(),
+        "new",
+        "a read that began before the write cannot put the old token back"
+    );
+    // Another change heard of during the write: which is newer is unknown.
+    let writer = cache.ticket();
+    cache.invalidate(&key("A"));
+    cache.written(&key("A"), served("mine", now + 100), writer);
+    assert!(cache.get(&key("A"), 0).is_none());
+}
+
+#[test]
+fn when_full_the_least_recently_used_goes_not_everything() {
+    let cache = TokenCache::new(100, 1 << 20, Clock::System);
+    cache.set_live(true, true);
+    let now = Clock::System.now();
+    for i in 0..100 {
+        cache.insert(
+            &key(&format!("S{i}")),
+            served("t", now + 100),
+            cache.ticket(),
+        );
+    }
+    // Ten hot keys, read again and again while a hundred others come and go.
+    for round in 0..100 {
+        for hot in 0..10 {
+            assert!(
+                cache.get(&key(&format!("S{hot}")), 0).is_some(),
+                "hot S{hot} evicted in round {round}"
+            );
+        }
+        cache.insert(
+            &key(&format!("new{round}")),
+            served("t", now + 100),
+            cache.ticket(),
+        );
+        assert_eq!(cache.len(), 100, "one evicted per insert, never a flush");
+    }
+}
+
+#[test]
+fn expired_entries_go_first() {
+    let cache = TokenCache::new(10, 1 << 20, Clock::System);
+    cache.set_live(true, true);
+    let now = Clock::System.now();
+    for i in 0..9 {
+        cache.insert(
+            &key(&format!("S{i}")),
+            served("t", now + 100),
+            cache.ticket(),
+        );
+    }
+    cache.insert(&key("old"), served("t", now - 1), cache.ticket());
+    cache.insert(&key("new"), served("t", now + 100), cache.ticket());
+    assert!(cache.peek(&key("old"), 0).is_none());
+    assert_eq!(cache.len(), 10);
+}
+
+#[test]
+fn without_a_complete_feed_entries_are_revalidated_after_a_second() {
+    let cache = TokenCache::new(10, 1 << 20, Clock::System);
+    cache.set_live(true, false);
+    assert_eq!(cache.coherence(), "revalidate");
+    let now = Clock::System.now();
+    let old = Arc::new(Served {
+        fetched: Instant::now() - REVALIDATE_AFTER - Duration::from_millis(1),
+        ..Served::new(&record("t", now + 100))
+    });
+    cache.insert(&key("A"), old, cache.ticket());
+    assert!(
+        cache.get(&key("A"), 0).is_none(),
+        "too old to serve unasked"
+    );
+    assert!(
+        cache.peek(&key("A"), 0).is_some(),
+        "kept for when Redis is down"
+    );
+    cache.insert(&key("B"), served("t", now + 100), cache.ticket());
+    assert!(cache.get(&key("B"), 0).is_some());
+}
