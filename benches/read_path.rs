@@ -16,110 +16,17 @@ mod idp;
 #[allow(dead_code)]
 mod redis_server;
 
+#[allow(dead_code)]
+mod common;
+
+pub use common::log_dir;
+use common::{CONNECTIONS, Handler, SECONDS, free_port, median, peak_rss_mb, redis_get_rate, wrk};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub fn log_dir() -> std::path::PathBuf {
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-logs");
-    let _ = std::fs::create_dir_all(&dir);
-    dir
-}
-
-const SECONDS: u64 = 6;
 /// Redis and the service are measured alternately this many times; medians are
 /// reported, so a noisy moment on a shared machine does not decide the ratio.
 const ROUNDS: usize = 5;
-const CONNECTIONS: u32 = 50;
-
-fn run(command: &mut Command) -> String {
-    let output = command
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
-    assert!(
-        output.status.success(),
-        "{command:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-/// `redis-benchmark -t get` requests per second for a 2000-byte value.
-fn redis_get_rate(redis: &redis_server::RedisServer) -> f64 {
-    let port = redis.port.to_string();
-    let base = [
-        "-h",
-        "127.0.0.1",
-        "-p",
-        port.as_str(),
-        "-a",
-        redis.password.as_str(),
-    ];
-    // Without -r every request uses the key "key:__rand_int__": set it once, 2000 bytes.
-    run(Command::new("redis-benchmark")
-        .args(base)
-        .args(["-t", "set", "-d", "2000", "-n", "1000", "-q"]));
-    let out = run(Command::new("redis-benchmark")
-        .args(base)
-        .args(["-t", "get", "-d", "2000", "-c", "50", "-n", "500000", "-q"]));
-    // Progress lines end in \r; the summary is the segment with "requests per second".
-    let line = out
-        .split(['\r', '\n'])
-        .find(|l| l.contains("requests per second"))
-        .unwrap_or_default();
-    let rate = line
-        .split("GET:")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok());
-    rate.unwrap_or_else(|| panic!("unexpected redis-benchmark output: {out}"))
-}
-
-struct Wrk {
-    rate: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-}
-
-fn millis(text: &str) -> f64 {
-    let (number, unit) = text.split_at(
-        text.find(|c: char| c.is_ascii_alphabetic())
-            .unwrap_or(text.len()),
-    );
-    let value: f64 = number.parse().unwrap_or(f64::NAN);
-    match unit {
-        "us" => value / 1000.0,
-        "ms" => value,
-        "s" => value * 1000.0,
-        _ => f64::NAN,
-    }
-}
-
-fn wrk(url: &str, key: &str) -> Wrk {
-    let out = run(Command::new("wrk").args([
-        "-t1",
-        "-c",
-        &CONNECTIONS.to_string(),
-        "-d",
-        &format!("{SECONDS}s"),
-        "--latency",
-        "-H",
-        &format!("Authorization: Bearer {key}"),
-        url,
-    ]));
-    let find = |prefix: &str| {
-        out.lines()
-            .find_map(|l| l.trim().strip_prefix(prefix).map(|r| r.trim().to_owned()))
-    };
-    let non_2xx = find("Non-2xx or 3xx responses:");
-    assert!(non_2xx.is_none(), "the service answered errors: {out}");
-    Wrk {
-        rate: find("Requests/sec:")
-            .and_then(|r| r.parse().ok())
-            .unwrap_or_else(|| panic!("{out}")),
-        p50_ms: millis(&find("50%").unwrap_or_default()),
-        p99_ms: millis(&find("99%").unwrap_or_default()),
-    }
-}
 
 /// nginx with one worker, keep-alive and no access log, serving `body` as
 /// `/token.json` from a folder of its own; stopped on drop.
@@ -169,25 +76,6 @@ impl Drop for Nginx {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn peak_rss_mb(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(f64::NAN);
-    kb / 1024.0
-}
-
 #[tokio::main]
 async fn main() {
     let redis = redis_server::RedisServer::start();
@@ -196,65 +84,11 @@ async fn main() {
     // 2000-byte value Redis serves.
     idp.set_token_padding(1500);
     let (key, entry) = token_broker::callers::new_key("bench", vec!["*".into()], vec![], false);
-    let port = free_port();
-    let binary =
-        std::env::var("BENCH_HANDLER").unwrap_or_else(|_| env!("CARGO_BIN_EXE_handler").to_owned());
-    let log = std::fs::File::create(log_dir().join("read-path-handler.log")).unwrap();
-    let started = Instant::now();
-    let mut handler = Command::new(&binary)
-        .args(["serve", "--port", &port.to_string()])
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env(
-            "RUST_LOG",
-            std::env::var("BENCH_RUST_LOG").unwrap_or_else(|_| "info".into()),
-        )
-        .envs(redis.env())
-        .envs(idp.env())
-        .env("TOKEN_API_KEYS", serde_json::to_string(&[entry]).unwrap())
-        .envs(
-            std::env::var("TOKIO_WORKER_THREADS")
-                .ok()
-                .map(|n| ("TOKIO_WORKER_THREADS", n)),
-        )
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("start handler");
+    let keys_json = serde_json::to_string(&[entry]).unwrap();
+    let handler = Handler::start(&redis, &idp, keys_json, "read-path-handler.log").await;
+    let (startup, binary) = (handler.startup, handler.binary.clone());
     let http = reqwest::Client::new();
-    let url =
-        format!("http://127.0.0.1:{port}/api/tokens/https%3A%2F%2Fgraph.microsoft.com%2F.default");
-    let probe = format!("http://127.0.0.1:{port}/");
-    let startup = loop {
-        if http.get(&probe).send().await.is_ok() {
-            break started.elapsed();
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "handler did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    };
-    // Measure the cache as deployed: only once its invalidation channel is live.
-    let health = format!("http://127.0.0.1:{port}/api/tokens/health");
-    loop {
-        let body: serde_json::Value = http
-            .get(&health)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if body["cache"]["live"] == true {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "cache never went live: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let url = handler.url("/api/tokens/https%3A%2F%2Fgraph.microsoft.com%2F.default");
     let warm = http
         .get(&url)
         .bearer_auth(key.expose())
@@ -283,20 +117,20 @@ async fn main() {
     for round in 0..ROUNDS {
         let redis_rate = tokio::task::spawn_blocking({
             let redis = redis.clone();
-            move || redis_get_rate(&redis)
+            move || redis_get_rate(&redis, None)
         })
         .await
         .unwrap();
         let static_file = tokio::task::spawn_blocking({
             let (url, key) = (nginx_url.clone(), key.expose().to_owned());
-            move || wrk(&url, &key)
+            move || wrk(&url, &key, None)
         })
         .await
         .unwrap();
         let calls_before = redis_calls(&redis);
         let service = tokio::task::spawn_blocking({
             let (url, key) = (url.clone(), key.expose().to_owned());
-            move || wrk(&url, &key)
+            move || wrk(&url, &key, None)
         })
         .await
         .unwrap();
@@ -314,10 +148,6 @@ async fn main() {
         p50s.push(service.p50_ms);
         p99s.push(service.p99_ms);
     }
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
     let ratios: Vec<f64> = service_rates
         .iter()
         .zip(&redis_rates)
@@ -336,9 +166,8 @@ async fn main() {
         median(p50s),
         median(p99s),
     );
-    let rss = peak_rss_mb(handler.id());
-    let _ = handler.kill();
-    let _ = handler.wait();
+    let rss = peak_rss_mb(handler.child.id());
+    drop(handler);
     drop(nginx);
 
     println!();

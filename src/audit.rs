@@ -5,7 +5,6 @@
 
 use crate::clock::Clock;
 use crate::domain::TokenKey;
-use crate::secret::Secret;
 use crate::store::SharedStore;
 
 /// What was done to a token.
@@ -59,14 +58,15 @@ impl Audit {
         Self { stream, clock }
     }
 
-    /// Emits one event. Borrows everything: it runs on every read.
+    /// Emits one event, with the fingerprint of the token handed out or
+    /// stored (`Secret::fingerprint`). Borrows everything: it runs on every read.
     pub async fn record(
         &self,
         caller: &str,
         action: Action,
         key: &TokenKey,
         outcome: Outcome,
-        token: Option<&Secret>,
+        token_fp: Option<&str>,
     ) {
         let action_name = action.as_str();
         let emit = |request_id: Option<&str>| {
@@ -77,7 +77,7 @@ impl Audit {
                 scope = key.scope().as_str(),
                 user = key.user().map(|u| u.as_str()),
                 outcome = ?outcome,
-                token_fp = token.map(Secret::fingerprint),
+                token_fp,
                 request_id,
                 "token {action_name}"
             );
@@ -97,7 +97,7 @@ impl Audit {
             ("time", self.clock.now().to_string()),
         ];
         fields.extend(key.user().map(|u| ("user", u.as_str().to_owned())));
-        fields.extend(token.map(|t| ("token_fp", t.fingerprint().to_owned())));
+        fields.extend(token_fp.map(|fp| ("token_fp", fp.to_owned())));
         fields.extend(
             REQUEST_ID
                 .try_with(Clone::clone)

@@ -8,7 +8,6 @@ use crate::audit::{Action, Outcome};
 use crate::callers::Caller;
 use crate::domain::{Scope, TokenKey, UserId};
 use crate::refresh::Stored;
-use crate::secret::Secret;
 use crate::store::{RefreshStatus, StoredToken, TokenRecord};
 use axum::Json;
 use axum::body::Body;
@@ -26,10 +25,10 @@ async fn audited<T>(
     action: Action,
     key: &TokenKey,
     result: Result<T, Refused>,
-    token: impl Fn(&T) -> Option<&Secret>,
+    token_fp: impl Fn(&T) -> Option<&str>,
 ) -> Result<T, ApiError> {
     let (outcome, handed_out) = match &result {
-        Ok(done) => (Outcome::Ok, token(done)),
+        Ok(done) => (Outcome::Ok, token_fp(done)),
         Err((outcome, _)) => (*outcome, None),
     };
     app.audit
@@ -87,7 +86,10 @@ async fn serve(
             Err(error) => Err((Outcome::Failed, ApiError::refresh(&error, &key))),
         },
     };
-    let served = audited(app, caller, Action::Read, &key, result, |s| Some(&s.token)).await?;
+    let served = audited(app, caller, Action::Read, &key, result, |s| {
+        Some(&s.fingerprint)
+    })
+    .await?;
     app.tokens.note_read(&key, &served);
     // Serialized once when the token was stored or first served.
     Ok((
@@ -162,7 +164,7 @@ pub(super) async fn refresh(
         }
         let result = force(app, caller, &key).await;
         let record = audited(app, caller, Action::Refresh, &key, result, |r| {
-            Some(&r.token)
+            Some(r.token.fingerprint())
         })
         .await?;
         Ok(Json(json!({
@@ -268,7 +270,7 @@ pub(super) async fn store(
         record,
         has_refresh_token,
     } = audited(app, caller, Action::Store, &key, result, |s| {
-        Some(&s.record.token)
+        Some(s.record.token.fingerprint())
     })
     .await?;
     let mut body = list_entry(&app.store.token_name(&key), &record, None);

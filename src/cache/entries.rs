@@ -1,20 +1,26 @@
-//! The cache's entries: a map, and every key once in a vector so that eviction
-//! can sample entries at random in constant time.
+//! The cache's entries: a map to where each entry is in a vector of slots, so
+//! that eviction can sample entries at random in constant time, without hashing
+//! and without following pointers to compare them.
 
 use super::{STRIPES, Served};
 use crate::domain::TokenKey;
+use rand::rngs::SmallRng;
+use rand::{RngExt, SeedableRng};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Entries looked at to choose one to evict (Redis's `maxmemory-samples` idea):
+/// Entries looked at to choose one to evict (Redis's `maxmemory-samples`):
 /// an expired one if any, else the least recently used of them.
-const EVICTION_SAMPLES: usize = 8;
+const EVICTION_SAMPLES: usize = 5;
 
 pub(super) struct Entries {
-    map: HashMap<TokenKey, Slot>,
-    keys: Vec<TokenKey>,
+    /// Where each key's entry is in `slots`.
+    map: HashMap<TokenKey, usize>,
+    slots: Vec<Slot>,
     bytes: usize,
+    /// Picks the samples: speed matters here, not unpredictability.
+    rng: SmallRng,
     /// The generation of the last invalidation of any key of each stripe.
     pub stripes: [u64; STRIPES],
     /// Tickets older than this are refused: everything was dropped at it.
@@ -22,24 +28,35 @@ pub(super) struct Entries {
 }
 
 struct Slot {
+    key: TokenKey,
     served: Arc<Served>,
-    /// Where its key is in `keys`.
-    at: usize,
+    expires_on: i64,
+    /// When it was last served, on the cache's count of hits.
+    used: AtomicU64,
 }
 
 impl Entries {
     pub fn new() -> Self {
         Self {
             map: HashMap::new(),
-            keys: Vec::new(),
+            slots: Vec::new(),
             bytes: 0,
+            rng: SmallRng::seed_from_u64(rand::random()),
             stripes: [0; STRIPES],
             floor: 0,
         }
     }
 
     pub fn get(&self, key: &TokenKey) -> Option<&Arc<Served>> {
-        self.map.get(key).map(|slot| &slot.served)
+        let at = *self.map.get(key)?;
+        self.slots.get(at).map(|slot| &slot.served)
+    }
+
+    /// The same, noting that it was used at `tick`.
+    pub fn touch(&self, key: &TokenKey, tick: u64) -> Option<&Arc<Served>> {
+        let slot = self.slots.get(*self.map.get(key)?)?;
+        slot.used.store(tick, Ordering::Relaxed);
+        Some(&slot.served)
     }
 
     pub fn len(&self) -> usize {
@@ -52,63 +69,71 @@ impl Entries {
     }
 
     pub fn remove(&mut self, key: &TokenKey) -> Option<Arc<Served>> {
-        let Slot { served, at } = self.map.remove(key)?;
-        self.keys.swap_remove(at);
-        if let Some(moved) = self.keys.get(at)
-            && let Some(slot) = self.map.get_mut(moved)
+        let at = self.map.remove(key)?;
+        Some(self.remove_at(at))
+    }
+
+    /// Removes the entry at `at` of `slots`, whose key has left the map already.
+    fn remove_at(&mut self, at: usize) -> Arc<Served> {
+        let slot = self.slots.swap_remove(at);
+        if let Some(moved) = self.slots.get(at)
+            && let Some(index) = self.map.get_mut(&moved.key)
         {
-            slot.at = at;
+            *index = at;
         }
-        self.bytes -= served.body.len();
-        Some(served)
+        self.bytes -= slot.served.body.len();
+        slot.served
     }
 
     pub fn clear(&mut self) {
         self.map.clear();
-        self.keys.clear();
+        self.slots.clear();
         self.bytes = 0;
     }
 
-    /// Keeps `served` under `key`, evicting others until it fits in `max_entries`
-    /// and `max_bytes`.
+    /// Keeps `served` under `key` (used at `tick`), evicting others until it fits
+    /// in `max_entries` and `max_bytes`.
     pub fn insert(
         &mut self,
         key: &TokenKey,
         served: Arc<Served>,
         (max_entries, max_bytes): (usize, usize),
         now: i64,
+        tick: u64,
     ) {
         self.remove(key);
         let size = served.body.len();
-        while !self.map.is_empty()
-            && (self.map.len() >= max_entries || self.bytes + size > max_bytes)
+        while !self.slots.is_empty()
+            && (self.slots.len() >= max_entries || self.bytes + size > max_bytes)
         {
             self.evict_one(now);
         }
         self.bytes += size;
-        self.map.insert(
-            key.clone(),
-            Slot {
-                served,
-                at: self.keys.len(),
-            },
-        );
-        self.keys.push(key.clone());
+        self.map.insert(key.clone(), self.slots.len());
+        self.slots.push(Slot {
+            key: key.clone(),
+            expires_on: served.expires_on,
+            served,
+            used: AtomicU64::new(tick),
+        });
     }
 
     fn evict_one(&mut self, now: i64) {
-        let victim = (0..EVICTION_SAMPLES.min(self.keys.len()))
-            .map(|_| &self.keys[rand::random_range(0..self.keys.len())])
-            .min_by_key(|key| {
-                // Expired first, then the least recently used.
-                self.map.get(*key).map_or((false, 0), |slot| {
-                    let served = &slot.served;
-                    (served.expires_on > now, served.used.load(Ordering::Relaxed))
-                })
-            })
-            .cloned();
-        if let Some(victim) = victim {
-            self.remove(&victim);
+        let len = self.slots.len();
+        let mut victim = None;
+        for _ in 0..EVICTION_SAMPLES.min(len) {
+            let at = self.rng.random_range(0..len);
+            let slot = &self.slots[at];
+            // Expired first, then the least recently used.
+            let rank = (slot.expires_on > now, slot.used.load(Ordering::Relaxed));
+            if victim.is_none_or(|(best, _)| rank < best) {
+                victim = Some((rank, at));
+            }
+        }
+        if let Some((_, at)) = victim {
+            let key = self.slots[at].key.clone();
+            self.map.remove(&key);
+            self.remove_at(at);
         }
     }
 }

@@ -19,7 +19,6 @@ pub use self::listener::listen;
 use self::entries::Entries;
 use crate::clock::Clock;
 use crate::domain::TokenKey;
-use crate::secret::Secret;
 use crate::store::TokenRecord;
 use axum::body::Bytes;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -32,16 +31,15 @@ pub const REVALIDATE_AFTER: Duration = Duration::from_millis(900);
 
 /// A token as the API serves it.
 pub struct Served {
-    pub token: Secret,
+    /// The token's fingerprint, for the audit event of each read (the token
+    /// itself is only in the body).
+    pub fingerprint: String,
     pub expires_on: i64,
     /// `{"token","expires_on","scope","refresh_count","stored_at"[,"user_id"]}`.
     pub body: Bytes,
     /// When a read of this token was last recorded for the idle rule (Unix
     /// seconds): kept here so a cache hit needs no shared lock to check it.
     pub read_marked: AtomicI64,
-    /// When it was last served from the cache, on the cache's own count of hits
-    /// (what eviction compares).
-    used: AtomicU64,
     /// When it was read from the store.
     fetched: Instant,
 }
@@ -50,30 +48,72 @@ pub struct Served {
 impl std::fmt::Debug for Served {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Served")
-            .field("token", &self.token)
+            .field("fingerprint", &self.fingerprint)
             .field("expires_on", &self.expires_on)
             .finish_non_exhaustive()
     }
 }
 
+/// The answer's JSON, fields in the order a JSON map would sort them.
+#[derive(serde::Serialize)]
+struct Body<'a> {
+    expires_on: i64,
+    refresh_count: u64,
+    scope: &'a str,
+    stored_at: i64,
+    token: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user_id: Option<&'a str>,
+}
+
+impl Body<'_> {
+    /// The JSON: written straight out when no string needs escaping (tokens are
+    /// base64url, scopes and user ids are checked at the edge: the usual case,
+    /// on every cache miss), else by serde_json. Both give the same bytes.
+    fn to_json(&self) -> Vec<u8> {
+        if !(plain(self.token) && plain(self.scope) && self.user_id.is_none_or(plain)) {
+            // Serializing plain fields into a Vec cannot fail.
+            return serde_json::to_vec(self).unwrap_or_default();
+        }
+        use std::fmt::Write as _;
+        let mut json = String::with_capacity(self.token.len() + self.scope.len() + 128);
+        let _ = write!(
+            json,
+            r#"{{"expires_on":{},"refresh_count":{},"scope":"{}","stored_at":{},"token":"{}""#,
+            self.expires_on, self.refresh_count, self.scope, self.stored_at, self.token
+        );
+        if let Some(user) = self.user_id {
+            let _ = write!(json, r#","user_id":"{user}""#);
+        }
+        json.push('}');
+        json.into_bytes()
+    }
+}
+
+/// Whether JSON can carry `text` as it is: no control character, quote or
+/// backslash (exactly what serde_json escapes). Checks every byte without
+/// stopping early, which the compiler turns into vector instructions.
+fn plain(text: &str) -> bool {
+    !text.bytes().fold(false, |escape, b| {
+        escape | (b < 0x20) | (b == b'"') | (b == b'\\')
+    })
+}
+
 impl Served {
     pub fn new(record: &TokenRecord) -> Self {
-        let mut body = serde_json::json!({
-            "token": record.token.expose(),
-            "expires_on": record.expires_on,
-            "scope": record.scope,
-            "refresh_count": record.refresh_count,
-            "stored_at": record.stored_at,
-        });
-        if let Some(user) = &record.user_id {
-            body["user_id"] = serde_json::Value::from(user.as_str());
-        }
-        Self {
-            token: record.token.clone(),
+        let body = Body {
             expires_on: record.expires_on,
-            body: Bytes::from(body.to_string()),
+            refresh_count: record.refresh_count,
+            scope: &record.scope,
+            stored_at: record.stored_at,
+            token: record.token.expose(),
+            user_id: record.user_id.as_deref(),
+        };
+        Self {
+            fingerprint: record.token.fingerprint().to_owned(),
+            expires_on: record.expires_on,
+            body: Bytes::from(body.to_json()),
             read_marked: AtomicI64::new(0),
-            used: AtomicU64::new(0),
             fetched: Instant::now(),
         }
     }
@@ -137,13 +177,15 @@ impl TokenCache {
         if !self.live.load(Ordering::Acquire) {
             return None;
         }
-        let hit = self.peek(key, min_validity)?;
+        let tick = self.hits.fetch_add(1, Ordering::Relaxed);
+        let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
+        let hit = entries
+            .touch(key, tick)
+            .filter(|served| served.seconds_left(self.clock.now()) >= min_validity as i64)?;
         if !self.complete.load(Ordering::Relaxed) && hit.fetched.elapsed() > REVALIDATE_AFTER {
             return None;
         }
-        hit.used
-            .store(self.hits.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
-        Some(hit)
+        Some(hit.clone())
     }
 
     /// The same, whether or not the feed is live: for when Redis is unreachable.
@@ -189,11 +231,9 @@ impl TokenCache {
             entries.remove(key);
             return;
         }
-        served
-            .used
-            .store(self.hits.load(Ordering::Relaxed), Ordering::Relaxed);
         let bounds = (self.max_entries, self.max_bytes);
-        entries.insert(key, served, bounds, self.clock.now());
+        let tick = self.hits.load(Ordering::Relaxed);
+        entries.insert(key, served, bounds, self.clock.now(), tick);
     }
 
     pub fn invalidate(&self, key: &TokenKey) {

@@ -1,5 +1,6 @@
 use super::*;
 use crate::domain::Scope;
+use crate::secret::Secret;
 use crate::store::TokenMetadata;
 
 fn record(token: &str, expires_on: i64) -> TokenRecord {
@@ -13,6 +14,11 @@ fn record(token: &str, expires_on: i64) -> TokenRecord {
         requested_at_ms: 0,
         refresh_count: 0,
     }
+}
+
+fn token_of(served: &Served) -> String {
+    let body: serde_json::Value = serde_json::from_slice(&served.body).unwrap();
+    body["token"].as_str().unwrap().to_owned()
 }
 
 fn served(token: &str, expires_on: i64) -> Arc<Served> {
@@ -107,10 +113,10 @@ fn a_write_replaces_the_entry_and_refuses_reads_that_began_before_it() {
     let slow_reader = cache.ticket();
     let writer = cache.ticket();
     cache.written(&key("A"), served("new", now + 100), writer);
-    assert_eq!(cache.get(&key("A"), 0).unwrap().token.expose(), "new");
+    assert_eq!(token_of(&cache.get(&key("A"), 0).unwrap()), "new");
     cache.insert(&key("A"), served("old", now + 100), slow_reader);
     assert_eq!(
-        cache.get(&key("A"), 0).unwrap().token.expose(),
+        token_of(&cache.get(&key("A"), 0).unwrap()),
         "new",
         "a read that began before the write cannot put the old token back"
     );
@@ -189,4 +195,32 @@ fn without_a_complete_feed_entries_are_revalidated_after_a_second() {
     );
     cache.insert(&key("B"), served("t", now + 100), cache.ticket());
     assert!(cache.get(&key("B"), 0).is_some());
+}
+
+#[test]
+fn bodies_are_the_same_json_written_straight_out_or_by_serde() {
+    for (token, scope, user) in [
+        (
+            "eyJ0eXAi.eyJhdWQi.c2ln-_~",
+            "https://graph.microsoft.com/.default",
+            None,
+        ),
+        ("t", "User.Read Mail.Send", Some("alice@contoso.com")),
+        ("with \"quote\" and \\ and \u{1}", "odd\tscope", Some("u")),
+    ] {
+        let body = Body {
+            expires_on: 1_700_000_000,
+            refresh_count: 7,
+            scope,
+            stored_at: 1_699_999_000,
+            token,
+            user_id: user,
+        };
+        assert_eq!(
+            String::from_utf8(body.to_json()).unwrap(),
+            serde_json::to_string(&body).unwrap(),
+            "{token:?}"
+        );
+    }
+    assert!(plain("abc-_.~+/=") && !plain("a\"b") && !plain("a\\b") && !plain("a\nb"));
 }

@@ -280,9 +280,13 @@ impl TokenService {
         Ok(Some(landed.record))
     }
 
-    /// Notes that `key` was served, for the idle rule. Writes to the store at most
-    /// every [`READ_MARK_EVERY_SECS`] per served token, in the background.
+    /// Notes that `key` was served, for the idle rule (which only on-demand agent
+    /// tokens have). Writes to the store at most every [`READ_MARK_EVERY_SECS`]
+    /// per served token, in the background.
     pub fn note_read(&self, key: &TokenKey, served: &Served) {
+        if matches!(key, TokenKey::User(..)) {
+            return;
+        }
         let now = self.0.clock.now();
         if !claim_read_mark(&served.read_marked, now) {
             return;

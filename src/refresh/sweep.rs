@@ -212,7 +212,7 @@ impl TokenService {
         // Anything but the token listed as due means someone refreshed it.
         let result = self.flight(&key, Instant::now(), replaces(seen)).await;
         let (outcome, token) = match &result {
-            Ok(Landed { record, .. }) => (Outcome::Ok, Some(&record.token)),
+            Ok(Landed { record, .. }) => (Outcome::Ok, Some(record.token.fingerprint())),
             Err(_) => (Outcome::Failed, None),
         };
         self.0

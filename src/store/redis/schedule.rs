@@ -117,9 +117,10 @@ impl Schedule for RedisStore {
             .arg("COUNT")
             .arg(count);
         let (next, members): (u64, Vec<String>) = self.query(scan).await?;
-        // Whether each member's token is there, and whether the expiry index knows
-        // it: every token this service writes is in it; one another writer stored
-        // is not.
+        // Whether each member's token is there, and whether an index knows it:
+        // every token this service writes is in the expiry index (and, unless it
+        // was dropped from refreshing, in the schedule); one another writer
+        // stored is in neither.
         let mut checks: Vec<Cmd> = members
             .iter()
             .map(|member| {
@@ -129,23 +130,25 @@ impl Schedule for RedisStore {
             })
             .collect();
         if !members.is_empty() {
-            let mut scores = redis::cmd("ZMSCORE");
-            scores.arg(self.keys.expiry()).arg(&members);
-            checks.push(scores);
+            for index in [self.keys.expiry(), self.keys.schedule()] {
+                let mut scores = redis::cmd("ZMSCORE");
+                scores.arg(index).arg(&members);
+                checks.push(scores);
+            }
         }
         let mut replies = self.each(&checks).await?;
-        let scores = match members.is_empty() {
-            true => Vec::new(),
-            false => match replies.pop() {
-                Some(Value::Array(scores)) => scores,
-                _ => Vec::new(),
-            },
+        let scores = |replies: &mut Vec<Value>| match replies.pop() {
+            Some(Value::Array(scores)) if !members.is_empty() => scores,
+            _ => Vec::new(),
         };
+        let scheduled = scores(&mut replies);
+        let expiring = scores(&mut replies);
         let (mut gone, mut unindexed) = (Vec::new(), Vec::new());
         for (i, member) in members.into_iter().enumerate() {
-            match (replies.get(i), scores.get(i)) {
-                (Some(Value::Int(0)), _) => gone.push(member),
-                (_, Some(Value::Nil)) => unindexed.push(member),
+            let unknown = |scores: &[Value]| matches!(scores.get(i), Some(Value::Nil));
+            match replies.get(i) {
+                Some(Value::Int(0)) => gone.push(member),
+                _ if unknown(&expiring) && unknown(&scheduled) => unindexed.push(member),
                 _ => {}
             }
         }
