@@ -15,8 +15,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 const EVICTION_SAMPLES: usize = 5;
 
 pub(super) struct Entries {
-    /// Where each key's entry is in `slots`.
-    map: HashMap<TokenKey, usize>,
+    /// Where each key's entry is in `slots` (the key shared with its slot).
+    map: HashMap<Arc<TokenKey>, usize>,
     slots: Vec<Slot>,
     bytes: usize,
     /// Picks the samples: speed matters here, not unpredictability.
@@ -28,7 +28,7 @@ pub(super) struct Entries {
 }
 
 struct Slot {
-    key: TokenKey,
+    key: Arc<TokenKey>,
     served: Arc<Served>,
     expires_on: i64,
     /// When it was last served, on the cache's count of hits.
@@ -77,7 +77,7 @@ impl Entries {
     fn remove_at(&mut self, at: usize) -> Arc<Served> {
         let slot = self.slots.swap_remove(at);
         if let Some(moved) = self.slots.get(at)
-            && let Some(index) = self.map.get_mut(&moved.key)
+            && let Some(index) = self.map.get_mut(&*moved.key)
         {
             *index = at;
         }
@@ -109,9 +109,10 @@ impl Entries {
             self.evict_one(now);
         }
         self.bytes += size;
+        let key = Arc::new(key.clone());
         self.map.insert(key.clone(), self.slots.len());
         self.slots.push(Slot {
-            key: key.clone(),
+            key,
             expires_on: served.expires_on,
             served,
             used: AtomicU64::new(tick),
@@ -132,7 +133,7 @@ impl Entries {
         }
         if let Some((_, at)) = victim {
             let key = self.slots[at].key.clone();
-            self.map.remove(&key);
+            self.map.remove(&*key);
             self.remove_at(at);
         }
     }

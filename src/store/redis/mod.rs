@@ -144,8 +144,8 @@ impl RedisStore {
     }
 }
 
-fn parse_record(key: &str, json: &str) -> Result<TokenRecord, StoreError> {
-    serde_json::from_str(json).map_err(|e| StoreError::Corrupt {
+fn parse_record(key: &str, json: &[u8]) -> Result<TokenRecord, StoreError> {
+    serde_json::from_slice(json).map_err(|e| StoreError::Corrupt {
         key: key.to_owned(),
         // Position only: serde's message can quote the offending value, which may be a token.
         reason: format!(

@@ -40,7 +40,7 @@ impl RedisStore {
             let (Some(_), Some(json)) = (self.keys.parse_token(name), value) else {
                 continue;
             };
-            let Ok(record) = super::parse_record(name, &json) else {
+            let Ok(record) = super::parse_record(name, json.as_bytes()) else {
                 continue;
             };
             let mut schedule = redis::cmd("ZADD");

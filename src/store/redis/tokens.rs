@@ -21,7 +21,8 @@ impl Tokens for RedisStore {
         let name = self.keys.token(key);
         let mut get = redis::cmd("GET");
         get.arg(&name);
-        let raw: Option<String> = self.query(get).await?;
+        // Bytes, not a String: the JSON parse checks the text once.
+        let raw: Option<Vec<u8>> = self.query(get).await?;
         raw.map(|json| parse_record(&name, &json)).transpose()
     }
 
@@ -34,7 +35,11 @@ impl Tokens for RedisStore {
         names
             .iter()
             .zip(values)
-            .map(|(name, value)| value.map(|json| parse_record(name, &json)).transpose())
+            .map(|(name, value)| {
+                value
+                    .map(|json| parse_record(name, json.as_bytes()))
+                    .transpose()
+            })
             .collect()
     }
 
@@ -140,7 +145,7 @@ impl Tokens for RedisStore {
                 };
                 // A key that expired since SMEMBERS is simply not listed; the sweep
                 // prunes it from the active set.
-                match value.map(|json| parse_record(name, &json)) {
+                match value.map(|json| parse_record(name, json.as_bytes())) {
                     None => {}
                     Some(Ok(record)) => listing.push(StoredToken {
                         key,
@@ -197,10 +202,7 @@ impl RedisStore {
         reply: Option<&Value>,
     ) -> Result<Option<TokenRecord>, StoreError> {
         match reply {
-            Some(Value::BulkString(json)) => {
-                let json = String::from_utf8_lossy(json);
-                parse_record(name, &json).map(Some)
-            }
+            Some(Value::BulkString(json)) => parse_record(name, json).map(Some),
             _ => Ok(None),
         }
     }
