@@ -40,6 +40,8 @@ pub struct Metrics {
     pub lease_waits: Counter,
     pub tokens_stored: Gauge,
     pub soonest_expiry_seconds: Gauge,
+    /// 1 while requests to Redis fail at once (it could not be reached).
+    pub redis_circuit_open: Gauge,
 }
 
 impl Default for Metrics {
@@ -93,6 +95,12 @@ impl Default for Metrics {
             "Seconds until the soonest stored token expires (-1: none)",
             soonest_expiry_seconds.clone(),
         );
+        let redis_circuit_open = Gauge::default();
+        registry.register(
+            "redis_circuit_open",
+            "1 while Redis could not be reached and requests to it fail at once",
+            redis_circuit_open.clone(),
+        );
         Self {
             registry: std::sync::Arc::new(registry),
             requests,
@@ -103,6 +111,7 @@ impl Default for Metrics {
             lease_waits,
             tokens_stored,
             soonest_expiry_seconds,
+            redis_circuit_open,
         }
     }
 }

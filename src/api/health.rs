@@ -31,6 +31,11 @@ pub(super) async fn health(app: &AppState) -> Response {
         "store": kind.as_str(),
         "refresh_waiters": app.tokens.all_flight_waiters(),
     });
+    if kind == crate::config::StoreKind::Redis {
+        // "open": Redis could not be reached; requests fail at once (cached tokens
+        // are still served) until a background probe reaches it again.
+        body["redis_circuit"] = json!(if store.reachable() { "closed" } else { "open" });
+    }
     if let Some(cache) = &app.cache {
         body["cache"] = json!({
             "entries": cached,
@@ -60,6 +65,9 @@ pub(super) async fn health(app: &AppState) -> Response {
 /// `GET /api/tokens/metrics`: Prometheus (OpenMetrics) text, for any valid key.
 pub(super) async fn metrics(app: &AppState) -> Response {
     let metrics = &app.metrics;
+    metrics
+        .redis_circuit_open
+        .set(i64::from(!app.store.reachable()));
     if let Ok(count) = app.store.active_count().await {
         metrics.tokens_stored.set(count as i64);
     }

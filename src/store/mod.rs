@@ -267,6 +267,12 @@ pub trait Store: Tokens + Schedule + Coordination + Events {
         0
     }
 
+    /// Whether the store is thought reachable: false while requests fail at once
+    /// after Redis could not be reached (until a background probe reaches it).
+    fn reachable(&self) -> bool {
+        true
+    }
+
     /// Whether the backing store answers.
     async fn ping(&self) -> Result<(), StoreError>;
 

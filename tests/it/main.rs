@@ -9,6 +9,7 @@ mod hardening;
 mod host;
 mod layout;
 mod metrics;
+mod outage;
 mod refresh;
 mod scale;
 mod store;

@@ -10,9 +10,11 @@ use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, ConnectionInfo, RedisFuture, RedisResult, TlsCertificates, TlsMode, Value};
 use std::time::Duration;
 
-/// How long one Redis command may take before the request it serves gives up.
-pub(super) const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
-pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one Redis command may take before the request it serves gives up,
+/// and how long a connection may take to open: short, because the first request
+/// that waits this long opens the circuit (`circuit.rs`) and the rest fail at once.
+pub(super) const RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
+pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// One server, or a Redis Cluster. Both reconnect by themselves; the cluster
 /// connection also follows slots as they move.

@@ -5,6 +5,7 @@
 //! them), so no atomic step spans two keys: each script touches one key, and
 //! index entries follow the token as separate commands (see `tokens.rs`).
 
+mod circuit;
 mod connection;
 mod coordination;
 mod events;
@@ -13,6 +14,7 @@ mod scripts;
 mod tokens;
 mod tracking;
 
+use self::circuit::{Circuit, Reach, is_unreachable};
 use self::connection::Conn;
 use self::scripts::Scripts;
 use super::keys::Keys;
@@ -45,6 +47,10 @@ pub struct RedisStore {
     ca_cert: Option<Vec<u8>>,
     /// Whether a server refused tracking already (warned once).
     tracking_refused: std::sync::atomic::AtomicBool,
+    /// Open while Redis cannot be reached: requests fail at once.
+    circuit: Circuit,
+    /// What the circuit's probe uses.
+    reach: Reach,
 }
 
 impl RedisStore {
@@ -57,7 +63,15 @@ impl RedisStore {
         clock: Clock,
     ) -> Result<Self, ConfigError> {
         let (conn, subscribers) = connection::connect(config)?;
+        let reach = Reach {
+            conn: conn.clone(),
+            template: config.nodes[0].clone(),
+            ca_cert: config.ca_cert.clone(),
+            cluster: config.cluster,
+        };
         Ok(Self {
+            circuit: Circuit::default(),
+            reach,
             conn,
             subscribers,
             subscriber_turn: AtomicUsize::new(0),
@@ -79,14 +93,24 @@ impl RedisStore {
         F: Fn(Conn) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
+        if self.circuit.is_open() {
+            return Err(Circuit::refusal());
+        }
         self.round_trips.fetch_add(1, Ordering::Relaxed);
-        match op(self.conn.clone()).await {
-            Err(e) if e.is_connection_dropped() || e.is_io_error() => {
+        let result = match op(self.conn.clone()).await {
+            // A timeout is not retried: it would only wait as long again.
+            Err(e) if e.is_connection_dropped() && !e.is_timeout() => {
                 self.round_trips.fetch_add(1, Ordering::Relaxed);
                 op(self.conn.clone()).await
             }
             other => other,
+        };
+        if let Err(error) = &result
+            && is_unreachable(error)
+        {
+            self.circuit.trip(error, &self.reach);
         }
+        result
     }
 
     fn client_for(&self, info: redis::ConnectionInfo) -> RedisResult<redis::Client> {
@@ -169,6 +193,10 @@ impl Store for RedisStore {
 
     fn round_trips(&self) -> u64 {
         self.round_trips.load(Ordering::Relaxed)
+    }
+
+    fn reachable(&self) -> bool {
+        !self.circuit.is_open()
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

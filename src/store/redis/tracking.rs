@@ -53,7 +53,7 @@ impl RedisStore {
         let (sender, pushes) = mpsc::unbounded_channel();
         let mut connections = Vec::with_capacity(masters.len().max(1));
         let servers = match self.cluster() {
-            true => masters.iter().map(|m| self.node_at(m)).collect(),
+            true => masters.iter().map(|m| node_at(&self.nodes[0], m)).collect(),
             false => vec![self.nodes[0].clone()],
         };
         for server in servers {
@@ -119,48 +119,48 @@ impl RedisStore {
             return Ok(Vec::new());
         }
         let nodes: String = self.query(cluster_nodes()).await?;
-        Ok(masters_in(&nodes))
+        Ok(masters_in(&nodes, false))
     }
 
-    /// How to reach the node at `(host, port)`: the seed's login and TLS.
-    fn node_at(&self, (host, port): &(String, u16)) -> ConnectionInfo {
-        let template = self.nodes[0].clone();
-        let (host, port) = (host.clone(), *port);
-        let addr = match template.addr() {
-            ConnectionAddr::TcpTls { insecure, .. } => ConnectionAddr::TcpTls {
-                host,
-                port,
-                insecure: *insecure,
-                tls_params: None,
-            },
-            _ => ConnectionAddr::Tcp(host, port),
-        };
-        template.set_addr(addr)
-    }
-
-    fn cluster(&self) -> bool {
+    pub(super) fn cluster(&self) -> bool {
         matches!(self.conn, Conn::Cluster(_))
     }
 }
 
-fn cluster_nodes() -> redis::Cmd {
+/// How to reach the node at `(host, port)`: `template`'s login and TLS.
+pub(super) fn node_at(template: &ConnectionInfo, (host, port): &(String, u16)) -> ConnectionInfo {
+    let (host, port) = (host.clone(), *port);
+    let addr = match template.addr() {
+        ConnectionAddr::TcpTls { insecure, .. } => ConnectionAddr::TcpTls {
+            host,
+            port,
+            insecure: *insecure,
+            tls_params: None,
+        },
+        _ => ConnectionAddr::Tcp(host, port),
+    };
+    template.clone().set_addr(addr)
+}
+
+pub(super) fn cluster_nodes() -> redis::Cmd {
     let mut cmd = redis::cmd("CLUSTER");
     cmd.arg("NODES");
     cmd
 }
 
-/// The masters serving slots, as `CLUSTER NODES` lists them: host (the announced
-/// hostname when there is one) and port.
-fn masters_in(nodes: &str) -> Vec<(String, u16)> {
+/// The masters serving slots, as `CLUSTER NODES` lists them (those that failed
+/// too, with `failed`): host (the announced hostname when there is one) and port.
+pub(super) fn masters_in(nodes: &str, failed: bool) -> Vec<(String, u16)> {
     let mut masters: Vec<(String, u16)> = nodes
         .lines()
         .filter_map(|line| {
             let fields: Vec<&str> = line.split_whitespace().collect();
             let flags = fields.get(2)?;
             let serving = fields.len() > 8;
-            let healthy = !flags
-                .split(',')
-                .any(|f| f.starts_with("fail") || f == "noaddr");
+            let healthy = failed
+                || !flags
+                    .split(',')
+                    .any(|f| f.starts_with("fail") || f == "noaddr");
             if !(flags.split(',').any(|f| f == "master") && serving && healthy) {
                 return None;
             }
@@ -248,7 +248,7 @@ impl Watch {
         };
         let ask = cluster_nodes();
         match tokio::time::timeout(RESPONSE_TIMEOUT, ask.query_async::<String>(conn)).await {
-            Ok(Ok(nodes)) => &masters_in(&nodes) == tracked,
+            Ok(Ok(nodes)) => &masters_in(&nodes, false) == tracked,
             _ => false,
         }
     }
@@ -268,8 +268,9 @@ e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca 127.0.0.1:30001@31001 myself,master - 0
 6ec23923021cf3ffec47632106199cb7f496ce01 127.0.0.1:30005@31005 master,fail - 1426238316232 0 5 disconnected 4000
 824fe116063bc5fcf9f4ffd895bc17aee7731ac3 127.0.0.1:30006@31006 master - 0 1426238317741 6 connected
 ";
+        assert_eq!(masters_in(nodes, true).len(), 4, "the failed master too");
         assert_eq!(
-            masters_in(nodes),
+            masters_in(nodes, false),
             vec![
                 ("127.0.0.1".to_owned(), 30001),
                 ("127.0.0.1".to_owned(), 30003),

@@ -363,6 +363,43 @@ impl RedisServer {
         }
     }
 
+    /// Stops node `i` only (the server itself, or one master of a cluster).
+    pub fn stop_node(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        let _ = node.child.kill();
+        let _ = node.child.wait();
+    }
+
+    /// Starts node `i` again, empty, on its port (a cluster master reads its
+    /// slots back from its nodes.conf and rejoins).
+    pub fn restart_node(&mut self, i: usize) {
+        let dir = match self.kind {
+            Kind::Cluster => self.dir.join(format!("node{i}")),
+            _ => self.dir.clone(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let node = &mut self.nodes[i];
+        node.child = loop {
+            if let Some(child) = launch(node.port, &self.password, &dir, &self.kind) {
+                break child;
+            }
+            assert!(Instant::now() < deadline, "redis-server did not restart");
+        };
+        if let Kind::Cluster = self.kind {
+            self.wait_cluster_ok();
+        }
+    }
+
+    /// Freezes node `i` (SIGSTOP): connections stay open and nothing answers,
+    /// as in a network partition. [`RedisServer::resume_node`] ends it, data intact.
+    pub fn pause_node(&self, i: usize) {
+        signal(&self.nodes[i], "-STOP");
+    }
+
+    pub fn resume_node(&self, i: usize) {
+        signal(&self.nodes[i], "-CONT");
+    }
+
     /// Fresh, empty servers on the same ports and password (a cluster keeps its
     /// slot assignment: each node reads it back from its nodes.conf).
     pub fn restart(&mut self) {
@@ -390,8 +427,21 @@ impl RedisServer {
     }
 }
 
+fn signal(node: &Node, signal: &str) {
+    let status = Command::new("kill")
+        .args([signal, &node.child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill {signal}");
+}
+
 impl Drop for RedisServer {
     fn drop(&mut self) {
+        for node in &self.nodes {
+            let _ = Command::new("kill")
+                .args(["-CONT", &node.child.id().to_string()])
+                .status();
+        }
         self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
