@@ -31,6 +31,8 @@ struct Slot {
     key: Arc<TokenKey>,
     served: Arc<Served>,
     expires_on: i64,
+    /// The change feed it was stored under (see [`super::TokenCache::set_live`]).
+    feed: u64,
     /// When it was last served, on the cache's count of hits.
     used: AtomicU64,
 }
@@ -52,9 +54,13 @@ impl Entries {
         self.slots.get(at).map(|slot| &slot.served)
     }
 
-    /// The same, noting that it was used at `tick`.
-    pub fn touch(&self, key: &TokenKey, tick: u64) -> Option<&Arc<Served>> {
+    /// The entry if it was stored under change feed `feed`, noting that it was
+    /// used at `tick`.
+    pub fn touch(&self, key: &TokenKey, feed: u64, tick: u64) -> Option<&Arc<Served>> {
         let slot = self.slots.get(*self.map.get(key)?)?;
+        if slot.feed != feed {
+            return None;
+        }
         slot.used.store(tick, Ordering::Relaxed);
         Some(&slot.served)
     }
@@ -91,15 +97,15 @@ impl Entries {
         self.bytes = 0;
     }
 
-    /// Keeps `served` under `key` (used at `tick`), evicting others until it fits
-    /// in `max_entries` and `max_bytes`.
+    /// Keeps `served` under `key` (under change feed `feed`, used at `tick`),
+    /// evicting others until it fits in `max_entries` and `max_bytes`.
     pub fn insert(
         &mut self,
         key: &TokenKey,
         served: Arc<Served>,
         (max_entries, max_bytes): (usize, usize),
         now: i64,
-        tick: u64,
+        (feed, tick): (u64, u64),
     ) {
         self.remove(key);
         let size = served.body.len();
@@ -115,6 +121,7 @@ impl Entries {
             key,
             expires_on: served.expires_on,
             served,
+            feed,
             used: AtomicU64::new(tick),
         });
     }

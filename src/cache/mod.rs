@@ -139,6 +139,10 @@ pub struct TokenCache {
     entries: RwLock<Entries>,
     clock: Clock,
     live: AtomicBool,
+    /// Counts the change feeds: entries stored under an earlier one are not
+    /// served unasked (changes may have been missed between the feeds), only
+    /// when Redis cannot be reached at all.
+    feed: AtomicU64,
     /// Whether the live feed reports every writer's changes.
     complete: AtomicBool,
     generation: AtomicU64,
@@ -163,6 +167,7 @@ impl TokenCache {
             entries: RwLock::new(Entries::new()),
             clock,
             live: AtomicBool::new(false),
+            feed: AtomicU64::new(0),
             complete: AtomicBool::new(true),
             generation: AtomicU64::new(0),
             hits: AtomicU64::new(0),
@@ -180,7 +185,7 @@ impl TokenCache {
         let tick = self.hits.fetch_add(1, Ordering::Relaxed);
         let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
         let hit = entries
-            .touch(key, tick)
+            .touch(key, self.feed.load(Ordering::Acquire), tick)
             .filter(|served| served.seconds_left(self.clock.now()) >= min_validity as i64)?;
         if !self.complete.load(Ordering::Relaxed) && hit.fetched.elapsed() > REVALIDATE_AFTER {
             return None;
@@ -232,8 +237,11 @@ impl TokenCache {
             return;
         }
         let bounds = (self.max_entries, self.max_bytes);
-        let tick = self.hits.load(Ordering::Relaxed);
-        entries.insert(key, served, bounds, self.clock.now(), tick);
+        let stamp = (
+            self.feed.load(Ordering::Acquire),
+            self.hits.load(Ordering::Relaxed),
+        );
+        entries.insert(key, served, bounds, self.clock.now(), stamp);
     }
 
     pub fn invalidate(&self, key: &TokenKey) {
@@ -250,11 +258,15 @@ impl TokenCache {
     }
 
     /// Whether entries may be served without asking Redis. Set false when the
-    /// feed drops; set true (after clearing, as changes may have been missed)
-    /// when it is back, `complete` when it reports every writer's changes.
+    /// feed drops; set true when a new feed starts, `complete` when it reports
+    /// every writer's changes. Entries from before are kept, but served only
+    /// while Redis cannot be reached at all: changes may have been missed
+    /// between the feeds. Reads that began before cannot insert.
     pub fn set_live(&self, live: bool, complete: bool) {
         if live {
-            self.clear();
+            let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
+            self.feed.fetch_add(1, Ordering::AcqRel);
+            entries.floor = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
             self.complete.store(complete, Ordering::Relaxed);
         }
         self.live.store(live, Ordering::Release);

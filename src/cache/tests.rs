@@ -50,8 +50,17 @@ fn serves_only_while_live_and_never_below_min_validity() {
     assert!(cache.get(&key("A"), 0).is_none(), "not live: ask Redis");
     cache.set_live(true, true);
     assert!(
-        cache.peek(&key("A"), 0).is_none(),
-        "cleared when the channel came back"
+        cache.get(&key("A"), 0).is_none(),
+        "from before the new feed: changes may have been missed"
+    );
+    assert!(
+        cache.peek(&key("A"), 0).is_some(),
+        "but kept for when Redis cannot be reached"
+    );
+    cache.insert(&key("A"), served("a2", now + 100), cache.ticket());
+    assert!(
+        cache.get(&key("A"), 0).is_some(),
+        "stored under the new feed"
     );
 }
 

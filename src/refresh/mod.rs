@@ -224,6 +224,17 @@ impl TokenService {
             })),
             // A user token that cannot be renewed is not served below its minimum.
             Err(RefreshError::NoGrant { .. } | RefreshError::GrantRevoked) => Ok(None),
+            // Redis went away during the flight: as above, a cached token that is
+            // still valid enough is served rather than failing the caller.
+            Err(RefreshError::Store(error)) => match self
+                .0
+                .cache
+                .as_ref()
+                .and_then(|c| c.peek(key, min_validity))
+            {
+                Some(hit) => Ok(Some(hit)),
+                None => Err(error.into()),
+            },
             Err(error) => Err(error),
         }
     }
