@@ -32,8 +32,29 @@ pub struct ConfigError(pub String);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AgentFlow {
+    /// The seed's resource-owner password grant (retiring).
     Password,
     ClientCredentials,
+    ManagedIdentity,
+    /// Entra Agent ID: app-only tokens of the agent identity.
+    AgentIdentity,
+    /// Entra Agent ID: delegated tokens of the agent user.
+    AgentUser,
+}
+
+impl AgentFlow {
+    pub fn is_agent_id(self) -> bool {
+        matches!(self, Self::AgentIdentity | Self::AgentUser)
+    }
+}
+
+/// `AGENT_BLUEPRINT_CREDENTIAL`: proofs of a blueprint other than a certificate
+/// or a secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BlueprintCredential {
+    /// A managed identity's token for `api://AzureADTokenExchange`, as a
+    /// federated identity credential of the blueprint.
     ManagedIdentity,
 }
 
@@ -73,6 +94,19 @@ pub struct IdentityConfig {
     pub agent_flow: AgentFlow,
     /// `{authority}/{tenant}/oauth2/v2.0/token` is the token endpoint.
     pub authority_host: reqwest::Url,
+    /// `AZURE_CLIENT_CERTIFICATE_PATH`: a PEM with the private key and the
+    /// certificate, for the app registration or the agent blueprint.
+    pub client_certificate_path: Option<String>,
+    /// `AGENT_BLUEPRINT_CLIENT_ID` (default `AZURE_CLIENT_ID`).
+    pub blueprint_client_id: String,
+    pub blueprint_credential: Option<BlueprintCredential>,
+    /// `AZURE_MANAGED_IDENTITY_CLIENT_ID`: the user-assigned identity whose token
+    /// is the blueprint's federated credential.
+    pub managed_identity_client_id: Option<String>,
+    /// `AGENT_IDENTITY_ID`: the agent identity's client id.
+    pub agent_identity_id: Option<String>,
+    /// `AGENT_USER_ID`: the agent user's object id.
+    pub agent_user_id: Option<String>,
 }
 
 /// Which tokens are kept fresh, and when.
@@ -139,6 +173,12 @@ struct RawVars {
     azure_tenant_id: Option<String>,
     azure_client_id: Option<String>,
     azure_client_secret: Option<Secret>,
+    azure_client_certificate_path: Option<String>,
+    agent_blueprint_client_id: Option<String>,
+    agent_blueprint_credential: Option<String>,
+    azure_managed_identity_client_id: Option<String>,
+    agent_identity_id: Option<String>,
+    agent_user_id: Option<String>,
     agent_user_name: Option<String>,
     agent_password: Option<Secret>,
     agent_token_flow: Option<String>,
@@ -211,6 +251,8 @@ impl Config {
                 ))
             }
         };
+        let has_proof =
+            identity.client_secret.is_some() || identity.client_certificate_path.is_some();
         match identity.agent_flow {
             AgentFlow::Password => {
                 need(!identity.tenant_id.is_empty(), "AZURE_TENANT_ID")?;
@@ -221,7 +263,26 @@ impl Config {
             AgentFlow::ClientCredentials => {
                 need(!identity.tenant_id.is_empty(), "AZURE_TENANT_ID")?;
                 need(!identity.client_id.is_empty(), "AZURE_CLIENT_ID")?;
-                need(identity.client_secret.is_some(), "AZURE_CLIENT_SECRET")
+                need(has_proof, "AZURE_CLIENT_SECRET")
+            }
+            AgentFlow::AgentIdentity | AgentFlow::AgentUser => {
+                need(!identity.tenant_id.is_empty(), "AZURE_TENANT_ID")?;
+                need(
+                    !identity.blueprint_client_id.is_empty(),
+                    "AGENT_BLUEPRINT_CLIENT_ID",
+                )?;
+                need(
+                    has_proof || identity.blueprint_credential.is_some(),
+                    "AZURE_CLIENT_CERTIFICATE_PATH",
+                )?;
+                need(identity.agent_identity_id.is_some(), "AGENT_IDENTITY_ID")?;
+                if identity.agent_flow == AgentFlow::AgentUser {
+                    need(
+                        identity.agent_user_id.is_some() || identity.agent_user_name.is_some(),
+                        "AGENT_USER_ID",
+                    )?;
+                }
+                Ok(())
             }
             AgentFlow::ManagedIdentity => {
                 match self.refresh.warm_scopes.iter().find(|s| s.is_several()) {
@@ -249,9 +310,11 @@ impl IdentityConfig {
     }
 
     /// Whether the app registration can act as a confidential client (per-user
-    /// grants need its secret).
+    /// grants need its secret or certificate).
     pub fn is_confidential(&self) -> bool {
-        !self.tenant_id.is_empty() && !self.client_id.is_empty() && self.client_secret.is_some()
+        !self.tenant_id.is_empty()
+            && !self.client_id.is_empty()
+            && (self.client_secret.is_some() || self.client_certificate_path.is_some())
     }
 }
 
@@ -278,20 +341,42 @@ impl RedisConfig {
 }
 
 fn identity(raw: &RawVars) -> Result<IdentityConfig, ConfigError> {
+    let agent_user = raw.agent_user_id.is_some() || raw.agent_user_name.is_some();
     let agent_flow = match choice("AGENT_TOKEN_FLOW", raw.agent_token_flow.as_deref())? {
         Some(flow) => flow,
-        None if raw.agent_user_name.is_some() => AgentFlow::Password,
-        None if raw.azure_client_secret.is_some() => AgentFlow::ClientCredentials,
+        None if raw.agent_identity_id.is_some() && agent_user => AgentFlow::AgentUser,
+        None if raw.agent_identity_id.is_some() => AgentFlow::AgentIdentity,
+        None if raw.agent_user_name.is_some() && raw.agent_password.is_some() => {
+            AgentFlow::Password
+        }
+        None if raw.azure_client_secret.is_some()
+            || raw.azure_client_certificate_path.is_some() =>
+        {
+            AgentFlow::ClientCredentials
+        }
         None => AgentFlow::ManagedIdentity,
     };
+    let client_id = raw.azure_client_id.clone().unwrap_or_default();
     Ok(IdentityConfig {
         tenant_id: raw.azure_tenant_id.clone().unwrap_or_default(),
-        client_id: raw.azure_client_id.clone().unwrap_or_default(),
+        blueprint_client_id: raw
+            .agent_blueprint_client_id
+            .clone()
+            .unwrap_or_else(|| client_id.clone()),
+        client_id,
         client_secret: raw.azure_client_secret.clone(),
         agent_user_name: raw.agent_user_name.clone(),
         agent_password: raw.agent_password.clone(),
         agent_flow,
         authority_host: parse_authority(raw.azure_authority_host.as_deref())?,
+        client_certificate_path: raw.azure_client_certificate_path.clone(),
+        blueprint_credential: choice(
+            "AGENT_BLUEPRINT_CREDENTIAL",
+            raw.agent_blueprint_credential.as_deref(),
+        )?,
+        managed_identity_client_id: raw.azure_managed_identity_client_id.clone(),
+        agent_identity_id: raw.agent_identity_id.clone(),
+        agent_user_id: raw.agent_user_id.clone(),
     })
 }
 

@@ -66,10 +66,29 @@ fn defaults_follow_the_spec() {
 fn flow_is_inferred_from_the_credentials_present() {
     let c = Config::from_vars(vars(&[
         ("AGENT_USER_NAME", "a@b"),
+        ("AGENT_PASSWORD", "p"),
         ("AZURE_CLIENT_SECRET", "s"),
     ]))
     .unwrap();
     assert_eq!(c.identity.agent_flow, AgentFlow::Password);
+    let c = Config::from_vars(vars(&[
+        ("AGENT_IDENTITY_ID", "ai"),
+        ("AGENT_USER_NAME", "u@x"),
+    ]))
+    .unwrap();
+    assert_eq!(c.identity.agent_flow, AgentFlow::AgentUser);
+    let c = Config::from_vars(vars(&[
+        ("AGENT_IDENTITY_ID", "ai"),
+        ("AZURE_CLIENT_ID", "bp"),
+    ]))
+    .unwrap();
+    assert_eq!(c.identity.agent_flow, AgentFlow::AgentIdentity);
+    assert_eq!(
+        c.identity.blueprint_client_id, "bp",
+        "the blueprint defaults to AZURE_CLIENT_ID"
+    );
+    let c = Config::from_vars(vars(&[("AZURE_CLIENT_CERTIFICATE_PATH", "/x.pem")])).unwrap();
+    assert_eq!(c.identity.agent_flow, AgentFlow::ClientCredentials);
     let c = Config::from_vars(vars(&[("AZURE_CLIENT_SECRET", "s")])).unwrap();
     assert_eq!(c.identity.agent_flow, AgentFlow::ClientCredentials);
 }

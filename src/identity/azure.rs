@@ -1,90 +1,47 @@
-//! `client_credentials` and `managed_identity` through the azure_identity crate.
+//! Managed identities through the azure_identity crate: the platform's identity
+//! endpoint (App Service's `IDENTITY_ENDPOINT`, or the VM's IMDS).
 
 use super::entra::{classify, parse_retry_after};
 use super::{Acquired, IdpError};
 use crate::clock::Clock;
-use crate::config::{AgentFlow, ConfigError, IdentityConfig, is_loopback};
+use crate::config::ConfigError;
 use crate::domain::Scope;
-use azure_core::cloud::{CloudConfiguration, CustomConfiguration};
 use azure_core::credentials::TokenCredential;
 use azure_core::error::ErrorKind;
-use azure_core::http::{
-    AsyncRawResponse, ClientOptions, HttpClient, Request, RetryOptions, Transport,
-};
-use azure_identity::{
-    ClientSecretCredential, ClientSecretCredentialOptions, ManagedIdentityCredential,
-    ManagedIdentityCredentialOptions, UserAssignedId,
-};
+use azure_core::http::{ClientOptions, RetryOptions, Transport};
+use azure_identity::{ManagedIdentityCredential, ManagedIdentityCredentialOptions, UserAssignedId};
 use std::sync::Arc;
 
-pub struct AzureFlow {
-    flow: AgentFlow,
-    tenant_id: String,
-    client_id: String,
-    client_secret: Option<azure_core::credentials::Secret>,
-    /// Handed to azure_identity as `https://`; see [`LoopbackHttp`].
-    authority_host: String,
-    transport: Arc<dyn HttpClient>,
+pub struct ManagedIdentity {
+    /// A user-assigned identity's client id; the system-assigned one without.
+    client_id: Option<String>,
+    http: reqwest::Client,
     clock: Clock,
 }
 
-impl AzureFlow {
+impl ManagedIdentity {
     pub fn new(
-        config: &IdentityConfig,
+        client_id: Option<String>,
         http: reqwest::Client,
         clock: Clock,
     ) -> Result<Self, ConfigError> {
-        // azure_identity refuses non-https authorities. A loopback issuer (tests, a
-        // local emulator) is given to it as https:// and reached over http:// by the
-        // transport; config has already refused http:// for any other host.
-        let mut authority = config.authority_host.clone();
-        let transport: Arc<dyn HttpClient> = if authority.scheme() == "http" {
-            authority.set_scheme("https").map_err(|()| {
-                ConfigError("AZURE_AUTHORITY_HOST: cannot be used as an authority".into())
-            })?;
-            Arc::new(LoopbackHttp(http))
-        } else {
-            Arc::new(http)
-        };
         Ok(Self {
-            flow: config.agent_flow,
-            tenant_id: config.tenant_id.clone(),
-            client_id: config.client_id.clone(),
-            client_secret: config
-                .client_secret
-                .as_ref()
-                .map(|s| azure_core::credentials::Secret::new(s.expose().to_owned())),
-            authority_host: authority.as_str().trim_end_matches('/').to_owned(),
-            transport,
+            client_id: client_id.filter(|id| !id.is_empty()),
+            http,
             clock,
         })
     }
 
-    pub fn name(&self) -> &'static str {
-        match self.flow {
-            AgentFlow::ManagedIdentity => "managed_identity",
-            _ => "client_credentials",
-        }
-    }
-
     pub fn client_id(&self) -> &str {
-        &self.client_id
-    }
-
-    /// A managed identity gets a token for one resource, never for several scopes.
-    pub fn one_resource_per_token(&self) -> bool {
-        self.flow == AgentFlow::ManagedIdentity
+        self.client_id.as_deref().unwrap_or_default()
     }
 
     fn client_options(&self) -> ClientOptions {
-        let mut cloud = CustomConfiguration::default();
-        cloud.authority_host = self.authority_host.clone();
         ClientOptions {
-            transport: Some(Transport::new(self.transport.clone())),
+            transport: Some(Transport::new(Arc::new(self.http.clone()))),
             // Retries, backoff and Retry-After are the refresh engine's job; the SDK's
             // own retries would make one failing call take seconds and hide the status.
             retry: RetryOptions::none(),
-            cloud: Some(Arc::new(CloudConfiguration::from(cloud))),
             ..Default::default()
         }
     }
@@ -93,38 +50,18 @@ impl AzureFlow {
     /// credential until five minutes before expiry, and a forced refresh must reach
     /// the identity provider. The transport (and its connection pool) is shared.
     fn credential(&self) -> azure_core::Result<Arc<dyn TokenCredential>> {
-        match self.flow {
-            AgentFlow::ManagedIdentity => {
-                let options = ManagedIdentityCredentialOptions {
-                    user_assigned_id: (!self.client_id.is_empty())
-                        .then(|| UserAssignedId::ClientId(self.client_id.clone())),
-                    client_options: self.client_options(),
-                };
-                Ok(ManagedIdentityCredential::new(Some(options))?)
-            }
-            _ => {
-                let options = ClientSecretCredentialOptions {
-                    client_options: self.client_options(),
-                };
-                let secret = self
-                    .client_secret
-                    .clone()
-                    .unwrap_or_else(|| azure_core::credentials::Secret::new(String::new()));
-                Ok(ClientSecretCredential::new(
-                    &self.tenant_id,
-                    self.client_id.clone(),
-                    secret,
-                    Some(options),
-                )?)
-            }
-        }
+        let options = ManagedIdentityCredentialOptions {
+            user_assigned_id: self.client_id.clone().map(UserAssignedId::ClientId),
+            client_options: self.client_options(),
+        };
+        Ok(ManagedIdentityCredential::new(Some(options))?)
     }
 
-    pub async fn acquire(&self, scope: &Scope) -> Result<Acquired, IdpError> {
+    /// A token for the resource of `scope` (one resource per token).
+    pub async fn acquire(&self, scope: &str) -> Result<Acquired, IdpError> {
         let credential = self.credential().map_err(map_error)?;
-        let scopes: Vec<&str> = scope.parts().collect();
         let token = credential
-            .get_token(&scopes, None)
+            .get_token(&[scope], None)
             .await
             .map_err(map_error)?;
         Ok(Acquired {
@@ -135,6 +72,10 @@ impl AzureFlow {
             refresh_in: None,
             refresh_token: None,
         })
+    }
+
+    pub async fn acquire_scope(&self, scope: &Scope) -> Result<Acquired, IdpError> {
+        self.acquire(scope.as_str()).await
     }
 }
 
@@ -171,21 +112,4 @@ fn map_error(error: azure_core::Error) -> IdpError {
         current = e.source();
     }
     IdpError::Protocol(error.kind().to_string())
-}
-
-/// Sends azure_identity's `https://` requests for a loopback authority over plain
-/// HTTP. Only ever built when `AZURE_AUTHORITY_HOST` is `http://` on loopback.
-#[derive(Debug)]
-struct LoopbackHttp(reqwest::Client);
-
-#[async_trait::async_trait]
-impl HttpClient for LoopbackHttp {
-    async fn execute_request(&self, request: &Request) -> azure_core::Result<AsyncRawResponse> {
-        let mut request = request.clone();
-        if is_loopback(request.url()) {
-            // Cannot fail: https -> http keeps a special scheme.
-            let _ = request.url_mut().set_scheme("http");
-        }
-        self.0.execute_request(&request).await
-    }
 }

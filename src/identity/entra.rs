@@ -1,12 +1,20 @@
-//! The v2.0 token endpoint spoken directly: the grants azure_identity lacks
-//! (resource-owner password, refresh token).
+//! The v2.0 token endpoint spoken directly (every flow but managed identity):
+//! a form post, Entra's success and error bodies.
 
 use super::{Acquired, IdpError};
 use crate::clock::Clock;
-use crate::config::IdentityConfig;
-use crate::domain::Scope;
 use crate::secret::Secret;
+use async_trait::async_trait;
 use serde::Deserialize;
+
+/// Where grants are posted: Entra's token endpoint over HTTP, or `handler dev`'s
+/// issuer in process.
+#[async_trait]
+pub trait Endpoint: Send + Sync {
+    /// Posts one grant (form fields) and returns the token, or the error
+    /// classified.
+    async fn post(&self, form: &[(&str, &str)]) -> Result<Acquired, IdpError>;
+}
 
 /// `{authority}/{tenant}/oauth2/v2.0/token`.
 pub struct TokenEndpoint {
@@ -95,8 +103,14 @@ impl TokenEndpoint {
         Self { http, url, clock }
     }
 
-    /// Posts one grant and returns the token, or Entra's error classified.
-    pub async fn post(&self, form: &[(&str, &str)]) -> Result<Acquired, IdpError> {
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+#[async_trait]
+impl Endpoint for TokenEndpoint {
+    async fn post(&self, form: &[(&str, &str)]) -> Result<Acquired, IdpError> {
         let response = self
             .http
             .post(&self.url)
@@ -136,145 +150,6 @@ impl TokenEndpoint {
     }
 }
 
-/// The app registration as a confidential client of the token endpoint: the
-/// grants that need its secret and return refresh tokens.
-pub struct DelegatedClient {
-    endpoint: TokenEndpoint,
-    client_id: String,
-    client_secret: Option<Secret>,
-}
-
-impl DelegatedClient {
-    pub fn new(config: &IdentityConfig, http: reqwest::Client, clock: Clock) -> Self {
-        Self {
-            endpoint: TokenEndpoint::new(http, config.token_endpoint(), clock),
-            client_id: config.client_id.clone(),
-            client_secret: config.client_secret.clone(),
-        }
-    }
-
-    pub fn client_id(&self) -> &str {
-        &self.client_id
-    }
-
-    /// Posts `grant` plus the client's credentials and `scope` with `offline_access`,
-    /// so every delegated answer carries a refresh token.
-    async fn post(&self, scope: &Scope, grant: &[(&str, &str)]) -> Result<Acquired, IdpError> {
-        let scope_param = with_offline_access(scope);
-        let mut form = vec![
-            ("client_id", self.client_id.as_str()),
-            ("scope", scope_param.as_str()),
-        ];
-        if let Some(secret) = &self.client_secret {
-            form.push(("client_secret", secret.expose()));
-        }
-        form.extend_from_slice(grant);
-        self.endpoint.post(&form).await
-    }
-
-    pub async fn refresh(
-        &self,
-        scope: &Scope,
-        refresh_token: &Secret,
-    ) -> Result<Acquired, IdpError> {
-        self.post(
-            scope,
-            &[
-                ("grant_type", "refresh_token"),
-                ("refresh_token", refresh_token.expose()),
-            ],
-        )
-        .await
-    }
-
-    /// The on-behalf-of exchange: a user's token for this app becomes the user's
-    /// token for `scope`.
-    pub async fn on_behalf_of(
-        &self,
-        scope: &Scope,
-        assertion: &Secret,
-    ) -> Result<Acquired, IdpError> {
-        self.post(
-            scope,
-            &[
-                ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
-                ("requested_token_use", "on_behalf_of"),
-                ("assertion", assertion.expose()),
-            ],
-        )
-        .await
-    }
-
-    pub async fn password(
-        &self,
-        scope: &Scope,
-        username: &str,
-        password: &Secret,
-    ) -> Result<Acquired, IdpError> {
-        self.post(
-            scope,
-            &[
-                ("grant_type", "password"),
-                ("username", username),
-                ("password", password.expose()),
-            ],
-        )
-        .await
-    }
-}
-
-/// Agent tokens through the resource-owner password grant, with `offline_access`
-/// so a refresh token comes back and later refreshes need not send the password.
-pub struct PasswordFlow {
-    client: DelegatedClient,
-    username: String,
-    password: Secret,
-}
-
-impl PasswordFlow {
-    pub fn new(config: &IdentityConfig, http: reqwest::Client, clock: Clock) -> Self {
-        Self {
-            client: DelegatedClient::new(config, http, clock),
-            username: config.agent_user_name.clone().unwrap_or_default(),
-            password: config
-                .agent_password
-                .clone()
-                .unwrap_or_else(|| Secret::new("")),
-        }
-    }
-
-    pub fn client_id(&self) -> &str {
-        self.client.client_id()
-    }
-
-    pub async fn acquire(
-        &self,
-        scope: &Scope,
-        refresh_token: Option<&Secret>,
-    ) -> Result<Acquired, IdpError> {
-        if let Some(refresh_token) = refresh_token {
-            match self.client.refresh(scope, refresh_token).await {
-                Err(error) if error.is_invalid_grant() => {
-                    // Expired, revoked, or the password changed: the password still works.
-                    tracing::info!(%error, scope = %scope, "refresh token rejected; using the password grant");
-                }
-                other => return other,
-            }
-        }
-        self.client
-            .password(scope, &self.username, &self.password)
-            .await
-    }
-}
-
-fn with_offline_access(scope: &Scope) -> String {
-    if scope.parts().any(|p| p == "offline_access") {
-        scope.as_str().to_owned()
-    } else {
-        format!("{scope} offline_access")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -294,14 +169,6 @@ mod tests {
         assert!(e.is_transient());
         let e = classify(503, b"not json", None);
         assert!(matches!(e, IdpError::Unavailable { status: 503, .. }));
-    }
-
-    #[test]
-    fn offline_access_is_added_once() {
-        let s = Scope::parse("User.Read").unwrap();
-        assert_eq!(with_offline_access(&s), "User.Read offline_access");
-        let s = Scope::parse("offline_access User.Read").unwrap();
-        assert_eq!(with_offline_access(&s), "offline_access User.Read");
     }
 
     #[test]

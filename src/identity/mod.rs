@@ -1,25 +1,37 @@
 //! Acquiring tokens from Microsoft Entra ID (SPEC §6).
 //!
-//! The resource-owner password and refresh-token grants are form posts over
-//! reqwest ([`entra`]); `client_credentials` and `managed_identity` go through
-//! `azure_identity` ([`azure`]); `dev` mode signs its own JWTs ([`dev`]).
+//! Every flow but managed identity is a form post to the v2.0 token endpoint
+//! ([`entra`]) by a client ([`client`]) proving itself with a secret, a
+//! certificate ([`certificate`]) or a managed identity's token; Entra Agent ID's
+//! agent identity and agent user ([`agent_id`]) hold their exchange tokens in
+//! memory ([`exchange`]); managed identities go through `azure_identity`
+//! ([`azure`]); `dev` mode answers every grant in process ([`dev`]).
 //! `AZURE_AUTHORITY_HOST` points every flow that talks to an authority elsewhere.
 //! Every answer is counted by flow and outcome, and the last success and error are
 //! kept for health.
 
+mod agent_id;
 mod azure;
+mod certificate;
+mod client;
 mod dev;
 mod entra;
+mod exchange;
 
 pub use self::dev::DevIssuer;
-pub use self::entra::TokenEndpoint;
+pub use self::entra::{Endpoint, TokenEndpoint};
+
+use self::agent_id::{AgentIdentity, AgentUser};
+use self::azure::ManagedIdentity;
+use self::certificate::Certificate;
+use self::client::{Actor, Client, Credential, TOKEN_EXCHANGE};
+use self::exchange::Exchange;
 
 use crate::clock::Clock;
-use crate::config::{AgentFlow, Config, ConfigError};
+use crate::config::{AgentFlow, BlueprintCredential, Config, ConfigError, IdentityConfig};
 use crate::domain::Scope;
 use crate::metrics::{IdpLabels, Metrics};
 use crate::secret::Secret;
-use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -111,16 +123,24 @@ pub fn http_client() -> Result<reqwest::Client, ConfigError> {
 
 /// How agent tokens are acquired.
 enum AgentGrant {
-    Password(entra::PasswordFlow),
-    Azure(azure::AzureFlow),
-    Dev(Arc<DevIssuer>),
+    /// The seed's password grant: the app registration for the agent user.
+    Password {
+        app: Client,
+        username: String,
+        password: Secret,
+    },
+    ClientCredentials(Client),
+    ManagedIdentity(ManagedIdentity),
+    AgentIdentity(Arc<AgentIdentity>),
+    AgentUser(Arc<AgentIdentity>),
 }
 
-/// How user tokens are exchanged and refreshed.
+/// Who exchanges and refreshes users' tokens.
 enum UserFlow {
-    Entra(entra::DelegatedClient),
-    Dev(Arc<DevIssuer>),
-    /// No client secret (managed identity): Entra has no delegated grant for us.
+    App(Client),
+    /// With Agent ID, the agent identity acts for users.
+    Agent(Arc<AgentIdentity>),
+    /// Neither a secret nor a certificate nor Agent ID: no delegated grant for us.
     Unavailable,
 }
 
@@ -150,30 +170,108 @@ impl Identity {
         config.check_agent_credentials()?;
         let identity = &config.identity;
         let http = http_client()?;
-        let agent = match identity.agent_flow {
-            AgentFlow::Password => AgentGrant::Password(entra::PasswordFlow::new(
-                identity,
-                http.clone(),
-                clock.clone(),
-            )),
-            AgentFlow::ClientCredentials | AgentFlow::ManagedIdentity => AgentGrant::Azure(
-                azure::AzureFlow::new(identity, http.clone(), clock.clone())?,
-            ),
+        let url = identity.token_endpoint();
+        let endpoint: Arc<dyn Endpoint> =
+            Arc::new(TokenEndpoint::new(http.clone(), url.clone(), clock.clone()));
+        let credential = credential(identity, &http, &clock)?;
+        let app = |credential| {
+            Client::new(
+                identity.client_id.clone(),
+                credential,
+                endpoint.clone(),
+                url.clone(),
+            )
         };
-        let users = if identity.is_confidential() {
-            UserFlow::Entra(entra::DelegatedClient::new(identity, http, clock.clone()))
-        } else {
-            UserFlow::Unavailable
+        let agent_identity = |credential| {
+            let user = match (&identity.agent_user_id, &identity.agent_user_name) {
+                (Some(id), _) => Some(AgentUser::Id(id.clone())),
+                (None, Some(name)) => Some(AgentUser::Name(name.clone())),
+                (None, None) => None,
+            };
+            let blueprint = Client::new(
+                identity.blueprint_client_id.clone(),
+                credential,
+                endpoint.clone(),
+                url.clone(),
+            );
+            let id = identity.agent_identity_id.clone().unwrap_or_default();
+            Arc::new(AgentIdentity::new(
+                blueprint,
+                id,
+                user,
+                endpoint.clone(),
+                clock.clone(),
+            ))
+        };
+        let (agent, users) = match (identity.agent_flow, credential) {
+            (AgentFlow::AgentIdentity, Some(credential)) => {
+                let agent = agent_identity(credential);
+                (
+                    AgentGrant::AgentIdentity(agent.clone()),
+                    UserFlow::Agent(agent),
+                )
+            }
+            (AgentFlow::AgentUser, Some(credential)) => {
+                let agent = agent_identity(credential);
+                (AgentGrant::AgentUser(agent.clone()), UserFlow::Agent(agent))
+            }
+            (AgentFlow::ManagedIdentity, credential) => {
+                let managed =
+                    ManagedIdentity::new(Some(identity.client_id.clone()), http, clock.clone())?;
+                (
+                    AgentGrant::ManagedIdentity(managed),
+                    users(credential.map(app)),
+                )
+            }
+            (AgentFlow::Password, credential) => {
+                let credential_for_users = credential.clone();
+                tracing::warn!(
+                    "AGENT_TOKEN_FLOW=password: the resource-owner password grant fails under MFA and Conditional Access and is being retired; move to AGENT_TOKEN_FLOW=agent_user (Entra Agent ID)"
+                );
+                let password = AgentGrant::Password {
+                    app: app(credential.unwrap_or_else(|| Credential::Secret(Secret::new("")))),
+                    username: identity.agent_user_name.clone().unwrap_or_default(),
+                    password: identity
+                        .agent_password
+                        .clone()
+                        .unwrap_or_else(|| Secret::new("")),
+                };
+                (password, users(credential_for_users.map(app)))
+            }
+            (AgentFlow::ClientCredentials, Some(credential)) => {
+                let users = users(Some(app(credential.clone())));
+                (AgentGrant::ClientCredentials(app(credential)), users)
+            }
+            (flow, None) => {
+                return Err(ConfigError(format!(
+                    "AZURE_CLIENT_SECRET: AGENT_TOKEN_FLOW={flow:?} needs a secret or AZURE_CLIENT_CERTIFICATE_PATH"
+                )));
+            }
         };
         Ok(Self::new(agent, users, clock, metrics))
     }
 
-    /// `handler dev`: everything from the local development issuer.
+    /// `handler dev`: an agent user of a development agent identity, every grant
+    /// answered by the in-process issuer (the same requests as Entra's).
     pub fn dev(lifetime_secs: u64, clock: Clock, metrics: Metrics) -> Self {
-        let issuer = Arc::new(DevIssuer::new(lifetime_secs, clock.clone()));
+        let issuer: Arc<dyn Endpoint> = Arc::new(DevIssuer::new(lifetime_secs, clock.clone()));
+        let url = "urn:token-broker:dev-issuer".to_owned();
+        let blueprint = Client::new(
+            "dev-agent-blueprint".to_owned(),
+            Credential::Secret(Secret::new("dev")),
+            issuer.clone(),
+            url,
+        );
+        let agent = Arc::new(AgentIdentity::new(
+            blueprint,
+            "dev-agent-identity".to_owned(),
+            Some(AgentUser::Name("agent-user@dev.invalid".to_owned())),
+            issuer,
+            clock.clone(),
+        ));
         Self::new(
-            AgentGrant::Dev(issuer.clone()),
-            UserFlow::Dev(issuer),
+            AgentGrant::AgentUser(agent.clone()),
+            UserFlow::Agent(agent),
             clock,
             metrics,
         )
@@ -191,29 +289,36 @@ impl Identity {
 
     pub fn flow_name(&self) -> &'static str {
         match &self.agent {
-            AgentGrant::Password(_) => "password",
-            AgentGrant::Azure(flow) => flow.name(),
-            AgentGrant::Dev(_) => "dev",
+            AgentGrant::Password { .. } => "password",
+            AgentGrant::ClientCredentials(_) => "client_credentials",
+            AgentGrant::ManagedIdentity(_) => "managed_identity",
+            AgentGrant::AgentIdentity(_) => "agent_identity",
+            AgentGrant::AgentUser(_) => "agent_user",
         }
     }
 
     /// Whether agent tokens can each be for one resource only (managed identity):
     /// a multi-scope agent token is then refused at the edge.
     pub fn one_resource_per_token(&self) -> bool {
-        matches!(&self.agent, AgentGrant::Azure(flow) if flow.one_resource_per_token())
+        matches!(&self.agent, AgentGrant::ManagedIdentity(_))
     }
 
+    /// The client id recorded in a token's metadata: the app registration, the
+    /// managed identity, or the agent identity.
     pub fn client_id(&self) -> &str {
         match &self.agent {
-            AgentGrant::Password(flow) => flow.client_id(),
-            AgentGrant::Azure(flow) => flow.client_id(),
-            AgentGrant::Dev(_) => "dev",
+            AgentGrant::Password { app, .. } | AgentGrant::ClientCredentials(app) => &app.id,
+            AgentGrant::ManagedIdentity(managed) => managed.client_id(),
+            AgentGrant::AgentIdentity(agent) | AgentGrant::AgentUser(agent) => &agent.id,
         }
     }
 
     /// Whether agent tokens come with refresh tokens worth keeping.
     pub fn uses_refresh_tokens(&self) -> bool {
-        matches!(self.agent, AgentGrant::Password(_))
+        matches!(
+            self.agent,
+            AgentGrant::Password { .. } | AgentGrant::AgentUser(_)
+        )
     }
 
     /// The identity provider as this instance last saw it.
@@ -229,9 +334,15 @@ impl Identity {
         refresh_token: Option<&Secret>,
     ) -> Result<Acquired, IdpError> {
         let result = match &self.agent {
-            AgentGrant::Password(flow) => flow.acquire(scope, refresh_token).await,
-            AgentGrant::Azure(flow) => flow.acquire(scope).await,
-            AgentGrant::Dev(issuer) => Ok(issuer.issue(scope, None)),
+            AgentGrant::Password {
+                app,
+                username,
+                password,
+            } => password_grant(app, scope, username, password, refresh_token).await,
+            AgentGrant::ClientCredentials(app) => app.client_credentials(scope).await,
+            AgentGrant::ManagedIdentity(managed) => managed.acquire_scope(scope).await,
+            AgentGrant::AgentIdentity(agent) => agent.app_token(scope).await,
+            AgentGrant::AgentUser(agent) => agent.agent_user(scope, refresh_token).await,
         };
         self.saw(self.flow_name(), result)
     }
@@ -243,10 +354,11 @@ impl Identity {
         scope: &Scope,
         assertion: &Secret,
     ) -> Result<Acquired, IdpError> {
-        self.for_user("on_behalf_of", scope, |client| {
-            client.on_behalf_of(scope, assertion)
-        })
-        .await
+        let result = match self.actor() {
+            Some(actor) => actor.on_behalf_of(scope, assertion).await,
+            None => Err(IdpError::NotConfigured),
+        };
+        self.saw("on_behalf_of", result)
     }
 
     /// Redeems a user's refresh token.
@@ -255,29 +367,19 @@ impl Identity {
         scope: &Scope,
         refresh_token: &Secret,
     ) -> Result<Acquired, IdpError> {
-        self.for_user("refresh_token", scope, |client| {
-            client.refresh(scope, refresh_token)
-        })
-        .await
+        let result = match self.actor() {
+            Some(actor) => actor.refresh(scope, refresh_token).await,
+            None => Err(IdpError::NotConfigured),
+        };
+        self.saw("refresh_token", result)
     }
 
-    /// A user's token by the delegated `flow`: `entra` against the token endpoint,
-    /// the dev issuer's, or none without the app registration's secret.
-    async fn for_user<'a, F>(
-        &'a self,
-        flow: &'static str,
-        scope: &Scope,
-        entra: impl FnOnce(&'a entra::DelegatedClient) -> F,
-    ) -> Result<Acquired, IdpError>
-    where
-        F: Future<Output = Result<Acquired, IdpError>> + 'a,
-    {
-        let result = match &self.users {
-            UserFlow::Entra(client) => entra(client).await,
-            UserFlow::Dev(issuer) => Ok(issuer.issue(scope, Some("dev-user"))),
-            UserFlow::Unavailable => Err(IdpError::NotConfigured),
-        };
-        self.saw(flow, result)
+    fn actor(&self) -> Option<Actor<'_>> {
+        match &self.users {
+            UserFlow::App(app) => Some(Actor::App(app)),
+            UserFlow::Agent(agent) => Some(Actor::Agent(agent)),
+            UserFlow::Unavailable => None,
+        }
     }
 
     /// Counts an answer for metrics and keeps it for health.
@@ -304,4 +406,68 @@ impl Identity {
         }
         result
     }
+}
+
+/// The seed's agent user: its refresh token when there is one, the password
+/// when there is none or it is rejected.
+async fn password_grant(
+    app: &Client,
+    scope: &Scope,
+    username: &str,
+    password: &Secret,
+    refresh_token: Option<&Secret>,
+) -> Result<Acquired, IdpError> {
+    if let Some(refresh_token) = refresh_token {
+        match Actor::App(app).refresh(scope, refresh_token).await {
+            Err(error) if error.is_invalid_grant() => {
+                // Expired, revoked, or the password changed: the password still works.
+                tracing::info!(%error, scope = %scope, "refresh token rejected; using the password grant");
+            }
+            other => return other,
+        }
+    }
+    Actor::App(app).password(scope, username, password).await
+}
+
+/// Users' grants from the app registration when it has a credential.
+fn users(app: Option<Client>) -> UserFlow {
+    app.map_or(UserFlow::Unavailable, UserFlow::App)
+}
+
+/// How the app registration (or the agent blueprint) proves itself: the
+/// certificate first, then a managed identity's token, then the secret.
+fn credential(
+    identity: &IdentityConfig,
+    http: &reqwest::Client,
+    clock: &Clock,
+) -> Result<Option<Credential>, ConfigError> {
+    if let Some(path) = &identity.client_certificate_path {
+        return Ok(Some(Credential::Certificate(Arc::new(Certificate::load(
+            path,
+            clock.clone(),
+        )?))));
+    }
+    if identity.agent_flow.is_agent_id()
+        && identity.blueprint_credential == Some(BlueprintCredential::ManagedIdentity)
+    {
+        let managed = Arc::new(ManagedIdentity::new(
+            identity.managed_identity_client_id.clone(),
+            http.clone(),
+            clock.clone(),
+        )?);
+        let source: client::AssertionSource = Arc::new(move || {
+            let managed = managed.clone();
+            Box::pin(async move { managed.acquire(TOKEN_EXCHANGE).await })
+        });
+        return Ok(Some(Credential::ManagedIdentity {
+            source,
+            held: Arc::new(Exchange::new(clock.clone())),
+        }));
+    }
+    Ok(identity.client_secret.clone().map(|secret| {
+        if identity.agent_flow.is_agent_id() {
+            tracing::warn!("the agent blueprint proves itself with AZURE_CLIENT_SECRET: a development credential; use AZURE_CLIENT_CERTIFICATE_PATH or AGENT_BLUEPRINT_CREDENTIAL=managed_identity");
+        }
+        Credential::Secret(secret)
+    }))
 }
