@@ -5,6 +5,8 @@
 use crate::support::*;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use token_broker::domain::{Scope, TokenKey};
 
@@ -45,20 +47,28 @@ async fn ride_out(outage: Outage) {
 
     // Concurrent readers of the cached token, from before Redis goes away until
     // it is back: every answer is the token, and when each was asked.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    // Set while the circuit is open; the readers count the reads they start then.
+    let open = Arc::new(AtomicBool::new(false));
+    let read_while_open = Arc::new(AtomicUsize::new(0));
     let readers: Vec<_> = (0..8)
         .map(|_| {
-            let (http, url, key, stop) = (
+            let (http, url, key, stop, open, read_while_open) = (
                 app.http.clone(),
                 app.url(&cached),
                 app.keys.reader.clone(),
                 stop.clone(),
+                open.clone(),
+                read_while_open.clone(),
             );
             tokio::spawn(async move {
                 let mut answers = Vec::new();
                 let end = Instant::now() + Duration::from_secs(60);
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < end {
+                while !stop.load(Ordering::Relaxed) && Instant::now() < end {
                     let asked = Instant::now();
+                    if open.load(Ordering::Relaxed) {
+                        read_while_open.fetch_add(1, Ordering::Relaxed);
+                    }
                     let (status, body, _) = send(&http, Method::GET, &url, Some(&key)).await;
                     let token = match status {
                         StatusCode::OK => body["token"].clone(),
@@ -92,6 +102,7 @@ async fn ride_out(outage: Outage) {
 
     // A scope that is not cached, while Redis is away (the readers go on).
     let opened = Instant::now();
+    open.store(true, Ordering::Relaxed);
     let mut miss_times = Vec::new();
     for _ in 0..40 {
         let started = Instant::now();
@@ -124,6 +135,18 @@ async fn ride_out(outage: Outage) {
         started.elapsed()
     );
 
+    // Redis stays away until the readers have been answered often enough
+    // while the circuit is open to measure them.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while read_while_open.load(Ordering::Relaxed) < 40 {
+        assert!(
+            Instant::now() < deadline,
+            "{outage:?}: only {} reads started while the circuit was open",
+            read_while_open.load(Ordering::Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    open.store(false, Ordering::Relaxed);
     let reopened = Instant::now();
     match outage {
         Outage::Restart => app.redis.restart_node(0),
@@ -158,7 +181,7 @@ async fn ride_out(outage: Outage) {
     }
     assert_eq!(health(&app).await["status"], "healthy");
 
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
     let mut while_open = Vec::new();
     for reader in readers {
         let answers = reader.await.unwrap();
