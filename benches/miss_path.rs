@@ -5,7 +5,10 @@
 //! prints rates, the ratios, p50/p99 and the service's peak RSS.
 //! Run with `scripts/bench-read-path.sh miss` (installs wrk when missing).
 
-#[path = "../tests/it/support/idp.rs"]
+#[path = "../tests/it/support/certs.rs"]
+#[allow(dead_code)]
+mod certs;
+#[path = "../tests/it/support/idp/mod.rs"]
 #[allow(dead_code)]
 mod idp;
 #[path = "../tests/it/support/redis_server.rs"]

@@ -9,7 +9,10 @@
 //! `BENCH_HANDLER=path` measures another build of `handler` (an earlier commit's,
 //! for a before-and-after in one sitting).
 
-#[path = "../tests/it/support/idp.rs"]
+#[path = "../tests/it/support/certs.rs"]
+#[allow(dead_code)]
+mod certs;
+#[path = "../tests/it/support/idp/mod.rs"]
 #[allow(dead_code)]
 mod idp;
 #[path = "../tests/it/support/redis_server.rs"]

@@ -3,7 +3,10 @@
 //! and identity-provider double on loopback; prints durations and Redis round
 //! trips. Run: `cargo bench --bench sweep` (see BENCHMARKS.md).
 
-#[path = "../tests/it/support/idp.rs"]
+#[path = "../tests/it/support/certs.rs"]
+#[allow(dead_code)]
+mod certs;
+#[path = "../tests/it/support/idp/mod.rs"]
 #[allow(dead_code)]
 mod idp;
 #[path = "../tests/it/support/redis_server.rs"]

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Fails when any token or refresh token the identity-provider double issued during
-# the test run, or any of its fixed credentials, appears in any log of that run:
-# the service's logs (in-process and spawned) and the test runner's own output.
+# the test run (Entra Agent ID's exchange tokens T1 and T2 among them), any client
+# assertion or federated credential it received, any line of the test
+# certificates' private keys, or any of its fixed credentials, appears in any log
+# of that run: the service's logs (in-process and spawned) and the test runner's
+# own output.
 set -euo pipefail
 dir=${1:-target/tmp/test-logs}
 patterns=$(mktemp)
@@ -19,4 +22,4 @@ if grep -rlF -f "$patterns" --exclude='issued-*.txt' "$dir"; then
     exit 1
 fi
 files=$(find "$dir" -type f ! -name 'issued-*.txt' | wc -l)
-echo "check-secrets: $issued issued tokens and 2 credentials searched for in $files log files: none found"
+echo "check-secrets: $issued issued tokens, assertions and key lines and 2 credentials searched for in $files log files: none found"

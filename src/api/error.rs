@@ -182,7 +182,8 @@ impl ApiError {
                 };
                 e = e
                     .with("last_error", status.last_error.as_str())
-                    .with("aadsts", aadsts_code(status.aadsts));
+                    .with("aadsts", aadsts_code(status.aadsts))
+                    .with("reason", status.message.as_str());
                 e.retry_after = Some((*retry_after).max(1));
                 e.about(key)
             }
@@ -243,7 +244,8 @@ impl ApiError {
                 "The identity provider refused to issue a token; check the service's credentials and consent",
             )
             .with("idp_error", title.as_str())
-            .with("aadsts", code(aadsts)),
+            .with("aadsts", code(aadsts))
+            .with("reason", error.reason().map_or(Value::Null, Value::from)),
             IdpError::Unavailable { retry_after, aadsts, .. } => {
                 let mut e = Self::new(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -257,7 +259,7 @@ impl ApiError {
             IdpError::NotConfigured => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "Per-user tokens not configured",
-                "Per-user tokens need the app registration's AZURE_TENANT_ID, AZURE_CLIENT_ID and AZURE_CLIENT_SECRET",
+                "Per-user tokens need the app registration's AZURE_TENANT_ID, AZURE_CLIENT_ID and a secret or certificate, or Entra Agent ID",
             ),
             IdpError::Unreachable(_) | IdpError::Protocol(_) => {
                 let mut e = Self::new(

@@ -143,6 +143,7 @@ fn list_entry(name: &str, record: &TokenRecord, status: Option<RefreshStatus>) -
             "failures": status.failures,
             "last_error": status.last_error,
             "aadsts": status.aadsts.map(|c| format!("AADSTS{c}")),
+            "message": status.message,
             "last_attempt": status.last_attempt,
             "next_attempt": status.next_attempt,
         });

@@ -10,6 +10,7 @@
 //! Every answer is counted by flow and outcome, and the last success and error are
 //! kept for health.
 
+mod aadsts;
 mod agent_id;
 mod azure;
 mod certificate;
@@ -66,13 +67,17 @@ pub enum IdpError {
     Unreachable(String),
     #[error("identity provider answered something unexpected: {0}")]
     Protocol(String),
-    /// Per-user grants need the app registration's secret.
-    #[error("per-user tokens need AZURE_TENANT_ID, AZURE_CLIENT_ID and AZURE_CLIENT_SECRET")]
+    /// Per-user grants need a credential: the app registration's secret or
+    /// certificate, or Entra Agent ID.
+    #[error(
+        "per-user tokens need AZURE_TENANT_ID, AZURE_CLIENT_ID and AZURE_CLIENT_SECRET or AZURE_CLIENT_CERTIFICATE_PATH, or Entra Agent ID"
+    )]
     NotConfigured,
 }
 
 fn aadsts_suffix(code: Option<u32>) -> String {
-    code.map(|c| format!(", AADSTS{c}")).unwrap_or_default()
+    code.map(|c| format!(", {}", aadsts::describe(c)))
+        .unwrap_or_default()
 }
 
 impl IdpError {
@@ -97,6 +102,16 @@ impl IdpError {
             Self::Unreachable(_) => ("unreachable".to_owned(), None),
             Self::Protocol(_) => ("bad_response".to_owned(), None),
             Self::NotConfigured => ("not_configured".to_owned(), None),
+        }
+    }
+
+    /// `AADSTS{code}` and what it means, when Entra gave a code.
+    pub fn reason(&self) -> Option<String> {
+        match self {
+            Self::Rejected { aadsts, .. } | Self::Unavailable { aadsts, .. } => {
+                aadsts.map(aadsts::describe)
+            }
+            _ => None,
         }
     }
 
@@ -310,6 +325,14 @@ impl Identity {
             AgentGrant::Password { app, .. } | AgentGrant::ClientCredentials(app) => &app.id,
             AgentGrant::ManagedIdentity(managed) => managed.client_id(),
             AgentGrant::AgentIdentity(agent) | AgentGrant::AgentUser(agent) => &agent.id,
+        }
+    }
+
+    /// The agent identity that acts, agent tokens and users' alike, with Agent ID.
+    pub fn agent_identity(&self) -> Option<&str> {
+        match &self.users {
+            UserFlow::Agent(agent) => Some(&agent.id),
+            _ => None,
         }
     }
 

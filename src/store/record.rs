@@ -35,9 +35,13 @@ pub struct TokenMetadata {
     pub acquired_by: String,
     #[serde(default)]
     pub client_id: String,
-    /// How the token was obtained: `password`, `client_credentials`, `managed_identity`, `dev`.
+    /// How the token was obtained: `password`, `client_credentials`,
+    /// `managed_identity`, `agent_identity`, `agent_user`, `on_behalf_of`, ...
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub flow: String,
+    /// The Entra Agent ID agent identity that holds the token, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_identity: Option<String>,
 }
 
 impl TokenRecord {
@@ -92,6 +96,9 @@ pub struct RefreshStatus {
     pub last_error: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aadsts: Option<u32>,
+    /// The failure in one line (with the `AADSTS` code's meaning), no secrets.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
     /// Throttling or an outage (worth waiting for), not a refusal.
     #[serde(default)]
     pub transient: bool,

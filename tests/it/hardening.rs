@@ -8,32 +8,6 @@ use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Every key and its value (strings, sets and sorted sets), to compare before and after.
-fn snapshot(redis: &RedisServer) -> BTreeMap<String, String> {
-    let mut conn = redis.conn();
-    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut conn).unwrap();
-    keys.into_iter()
-        .map(|key| {
-            let kind: String = redis::cmd("TYPE").arg(&key).query(&mut conn).unwrap();
-            let value = match kind.as_str() {
-                "string" => conn.get::<_, String>(&key).unwrap(),
-                "set" => {
-                    let mut members: Vec<String> = conn.smembers(&key).unwrap();
-                    members.sort();
-                    members.join("\n")
-                }
-                "zset" => format!(
-                    "{:?}",
-                    conn.zrange_withscores::<_, Vec<(String, f64)>>(&key, 0, -1)
-                        .unwrap()
-                ),
-                other => other.to_owned(),
-            };
-            (key, value)
-        })
-        .collect()
-}
-
 /// One request over a raw connection; the status and body of the answer.
 async fn raw(port: u16, request: &[u8]) -> (u16, String) {
     let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -120,7 +94,7 @@ async fn hostile_requests_get_json_4xx_and_change_nothing() {
     handler.wait_for_probe().await;
     // The start-up sweep is the last thing the service writes by itself.
     handler.wait_for_log("sweep: due=").await;
-    let before = snapshot(&redis);
+    let before = redis.snapshot();
     let requests_before = idp.requests();
 
     let admin = keys.admin.as_str();
@@ -320,7 +294,7 @@ async fn hostile_requests_get_json_4xx_and_change_nothing() {
     .await;
     assert_eq!(status, StatusCode::OK, "still serving");
     // That read recorded itself for the idle rule; nothing else may have changed.
-    let mut after = snapshot(&redis);
+    let mut after = redis.snapshot();
     after.remove("annika:tokens:reads");
     let mut before = before;
     before.remove("annika:tokens:reads");

@@ -301,6 +301,26 @@ async fn dev_mode_runs_with_nothing_configured() {
         3,
         "a signed JWT"
     );
+    // The development issuer answers Entra Agent ID's requests: the token is the
+    // dev agent user's, and a refresh redeems its refresh token.
+    let (status, refreshed, _) = send(
+        &http,
+        reqwest::Method::POST,
+        &handler.url(&format!("/api/tokens/refresh/{GRAPH_ENCODED}")),
+        Some(&key),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{refreshed}");
+    assert_ne!(refreshed["token"], body["token"]);
+    let (_, listing, _) = send(
+        &http,
+        reqwest::Method::GET,
+        &handler.url("/api/tokens"),
+        Some(&key),
+    )
+    .await;
+    assert_eq!(listing["tokens"][0]["flow"], "agent_user", "{listing}");
+    assert_eq!(listing["tokens"][0]["refresh_count"], 1, "{listing}");
     let (status, body, _) = send(
         &http,
         reqwest::Method::GET,

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod agent_id;
 mod api;
 mod cache;
 mod hardening;

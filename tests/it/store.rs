@@ -189,6 +189,7 @@ fn failure(next_attempt: i64) -> RefreshStatus {
         failures: 2,
         last_error: "temporarily_unavailable".into(),
         aadsts: Some(50196),
+        message: "identity provider unavailable (HTTP 429, AADSTS50196)".into(),
         transient: true,
         last_attempt: unix_now(),
         next_attempt,

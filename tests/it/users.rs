@@ -12,23 +12,6 @@ const KEY_A: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 const KEY_B: &str = "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=";
 const ASSERTION: &str = "eyJ0eXAiOiJKV1QifQ.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJl";
 
-async fn put(app: &TestApp, path: &str, key: &str, body: &Value) -> (StatusCode, Value) {
-    let response = app
-        .http
-        .put(app.url(path))
-        .bearer_auth(key)
-        .json(body)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status();
-    let text = response.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}")),
-    )
-}
-
 fn stored(app: &TestApp, key: &str) -> Option<Value> {
     let json: Option<String> = app.redis.conn().get(key).unwrap();
     json.map(|j| serde_json::from_str(&j).unwrap())
@@ -38,13 +21,9 @@ fn stored(app: &TestApp, key: &str) -> Option<Value> {
 async fn on_behalf_of_round_trip_keeps_the_refresh_token_sealed() {
     let app = TestApp::spawn_with(&[("TOKEN_ENCRYPTION_KEY", KEY_A)]).await;
     let path = format!("/api/tokens/{GRAPH_ENCODED}?user_id=alice");
-    let (status, body) = put(
-        &app,
-        &path,
-        &app.keys.admin,
-        &json!({"assertion": ASSERTION}),
-    )
-    .await;
+    let (status, body) = app
+        .put(&path, &app.keys.admin, &json!({"assertion": ASSERTION}))
+        .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(body["user_id"], "alice");
     assert_eq!(body["scope"], GRAPH);
@@ -101,7 +80,7 @@ async fn on_behalf_of_round_trip_keeps_the_refresh_token_sealed() {
 async fn grants_obtained_elsewhere_are_stored_as_given() {
     let app = TestApp::spawn().await;
     let path = "/api/tokens/User.Read?user_id=bob@contoso.com";
-    let (status, body) = put(&app, path, &app.keys.admin, &json!({"access_token": "eyJ.bob.1", "expires_in": 3600, "refresh_token": "0.bob-rt", "token_type": "Bearer"})).await;
+    let (status, body) = app.put( path, &app.keys.admin, &json!({"access_token": "eyJ.bob.1", "expires_in": 3600, "refresh_token": "0.bob-rt", "token_type": "Bearer"})).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert!((body["expires_on"].as_i64().unwrap() - unix_now() - 3600).abs() <= 2);
     let (status, served) = app.get(path, Some(&app.keys.admin)).await;
@@ -117,13 +96,13 @@ async fn grants_obtained_elsewhere_are_stored_as_given() {
     // Replaced by a grant without a refresh token: the old refresh token goes too,
     // so a forced refresh has nothing to use (and never the agent's credentials).
     let expires_on = unix_now() + 1800;
-    let (status, body) = put(
-        &app,
-        path,
-        &app.keys.admin,
-        &json!({"access_token": "eyJ.bob.2", "expires_on": expires_on}),
-    )
-    .await;
+    let (status, body) = app
+        .put(
+            path,
+            &app.keys.admin,
+            &json!({"access_token": "eyJ.bob.2", "expires_on": expires_on}),
+        )
+        .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(body["has_refresh_token"], false);
     assert_eq!(body["refresh_count"], 1);
@@ -160,13 +139,8 @@ async fn the_sweep_refreshes_user_tokens_with_their_own_refresh_token() {
     // A user token with 600 s left is inside the 900 s window: due.
     app.idp.set_expires_in(600);
     let path = format!("/api/tokens/{GRAPH_ENCODED}?user_id=alice");
-    put(
-        &app,
-        &path,
-        &app.keys.admin,
-        &json!({"assertion": ASSERTION}),
-    )
-    .await;
+    app.put(&path, &app.keys.admin, &json!({"assertion": ASSERTION}))
+        .await;
     let first_rt = app.idp.issued().last().unwrap().clone();
     app.idp.set_expires_in(3599);
     let (_, user_before) = app.get(&path, Some(&app.keys.alice)).await;
@@ -218,13 +192,8 @@ async fn a_revoked_refresh_token_removes_the_user_token_only() {
         .await;
     app.idp.set_expires_in(600);
     let path = format!("/api/tokens/{GRAPH_ENCODED}?user_id=alice");
-    put(
-        &app,
-        &path,
-        &app.keys.admin,
-        &json!({"assertion": ASSERTION}),
-    )
-    .await;
+    app.put(&path, &app.keys.admin, &json!({"assertion": ASSERTION}))
+        .await;
     app.idp.fail_next(Failure::invalid_grant(700082));
 
     let summary = app.state.tokens.sweep().await.unwrap();
@@ -252,8 +221,7 @@ async fn a_revoked_refresh_token_removes_the_user_token_only() {
 async fn user_allowlists_and_user_ids_are_enforced_before_anything_is_written() {
     let app = TestApp::spawn().await;
     let path = format!("/api/tokens/{GRAPH_ENCODED}?user_id=carol");
-    put(
-        &app,
+    app.put(
         &path,
         &app.keys.admin,
         &json!({"access_token": "eyJ.carol", "expires_in": 3600}),
@@ -269,13 +237,9 @@ async fn user_allowlists_and_user_ids_are_enforced_before_anything_is_written() 
     let requests = app.idp.requests();
     for user in ["a:b", "a%3Ab", "a/b", "", "a%00"] {
         let path = format!("/api/tokens/{GRAPH_ENCODED}?user_id={user}");
-        let (status, body) = put(
-            &app,
-            &path,
-            &app.keys.admin,
-            &json!({"assertion": ASSERTION}),
-        )
-        .await;
+        let (status, body) = app
+            .put(&path, &app.keys.admin, &json!({"assertion": ASSERTION}))
+            .await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{user}: {body}");
         assert_eq!(body["error"], "Invalid user_id");
         let (status, _) = app.get(&path, Some(&app.keys.admin)).await;
@@ -288,31 +252,27 @@ async fn user_allowlists_and_user_ids_are_enforced_before_anything_is_written() 
         json!("text"),
         json!({"access_token": "x", "expires_in": -1}),
     ] {
-        let (status, answer) = put(
-            &app,
-            "/api/tokens/User.Read?user_id=dave",
-            &app.keys.admin,
-            &body,
-        )
-        .await;
+        let (status, answer) = app
+            .put("/api/tokens/User.Read?user_id=dave", &app.keys.admin, &body)
+            .await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {answer}");
         assert_eq!(answer["error"], "Invalid body");
     }
-    let (status, _) = put(
-        &app,
-        "/api/tokens/User.Read",
-        &app.keys.admin,
-        &json!({"assertion": ASSERTION}),
-    )
-    .await;
+    let (status, _) = app
+        .put(
+            "/api/tokens/User.Read",
+            &app.keys.admin,
+            &json!({"assertion": ASSERTION}),
+        )
+        .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "PUT needs a user");
-    let (status, _) = put(
-        &app,
-        "/api/tokens/User.Read?user_id=dave",
-        &app.keys.reader,
-        &json!({"assertion": ASSERTION}),
-    )
-    .await;
+    let (status, _) = app
+        .put(
+            "/api/tokens/User.Read?user_id=dave",
+            &app.keys.reader,
+            &json!({"assertion": ASSERTION}),
+        )
+        .await;
     assert_eq!(status, StatusCode::FORBIDDEN, "only admins store grants");
     let response = app
         .http
@@ -332,13 +292,8 @@ async fn a_changed_encryption_key_makes_grants_missing_not_a_crash() {
     let app = TestApp::spawn_with(&[("TOKEN_ENCRYPTION_KEY", KEY_A)]).await;
     app.idp.set_expires_in(600);
     let path = format!("/api/tokens/{GRAPH_ENCODED}?user_id=alice");
-    put(
-        &app,
-        &path,
-        &app.keys.admin,
-        &json!({"assertion": ASSERTION}),
-    )
-    .await;
+    app.put(&path, &app.keys.admin, &json!({"assertion": ASSERTION}))
+        .await;
 
     // The same Redis, read by an instance configured with another key.
     let mut vars = app.redis.env();

@@ -2,6 +2,7 @@
 //! either in-process (`TestApp`, port 0) or as the `handler` binary the way the
 //! Functions host starts it (`Handler`).
 
+pub mod certs;
 pub mod idp;
 pub mod redis_server;
 
@@ -162,20 +163,36 @@ impl TestApp {
     /// follow it.
     pub async fn spawn_manual(extra: &[(&str, &str)]) -> Self {
         let manual = ManualClock::starting_now();
-        Self::start(RedisServer::start(), extra, Some(manual)).await
+        Self::start(RedisServer::start(), Idp::env, extra, Some(manual)).await
     }
 
     /// The same on a Redis of the test's choosing.
     pub async fn spawn_on(redis: RedisServer, extra: &[(&str, &str)]) -> Self {
-        Self::start(redis, extra, None).await
+        Self::start(redis, Idp::env, extra, None).await
     }
 
-    async fn start(redis: RedisServer, extra: &[(&str, &str)], clock: Option<ManualClock>) -> Self {
+    /// With the identity variables `identity` gives for the double (in place of
+    /// the password flow's), on the system clock or, with `manual`, a manual one.
+    pub async fn spawn_as(
+        identity: impl FnOnce(&Idp) -> Vec<(String, String)>,
+        extra: &[(&str, &str)],
+        manual: bool,
+    ) -> Self {
+        let clock = manual.then(ManualClock::starting_now);
+        Self::start(RedisServer::start(), identity, extra, clock).await
+    }
+
+    async fn start(
+        redis: RedisServer,
+        identity: impl FnOnce(&Idp) -> Vec<(String, String)>,
+        extra: &[(&str, &str)],
+        clock: Option<ManualClock>,
+    ) -> Self {
         init_logging();
         let idp = Idp::start().await;
         let keys = Keys::new();
         let mut vars = redis.env();
-        vars.extend(idp.env());
+        vars.extend(identity(&idp));
         vars.push(("TOKEN_API_KEYS".into(), keys.json.clone()));
         // No warm scope unless the test names some: the sweep at start then asks
         // the identity provider nothing and writes nothing.
@@ -282,6 +299,24 @@ impl TestApp {
     pub async fn delete(&self, path: &str, key: Option<&str>) -> (StatusCode, Value) {
         let (status, body, _) = self.send(reqwest::Method::DELETE, path, key).await;
         (status, body)
+    }
+
+    /// A `PUT` with a JSON body; the answer's status and JSON body.
+    pub async fn put(&self, path: &str, key: &str, body: &Value) -> (StatusCode, Value) {
+        let response = self
+            .http
+            .put(self.url(path))
+            .bearer_auth(key)
+            .json(body)
+            .send()
+            .await
+            .expect("request reaches the service");
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}")),
+        )
     }
 
     /// Every key in the test Redis, sorted.

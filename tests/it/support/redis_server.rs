@@ -216,6 +216,56 @@ pub fn make_ca(dir: &Path, name: &str, server: bool) -> TlsFiles {
 }
 
 impl RedisServer {
+    /// The JSON stored under `key` (panics when there is none).
+    pub fn get_json(&self, key: &str) -> serde_json::Value {
+        use redis::Commands;
+        let json: Option<String> = self.conn().get(key).unwrap();
+        serde_json::from_str(&json.unwrap_or_else(|| panic!("nothing stored under {key}")))
+            .expect("stored JSON")
+    }
+
+    /// Every key and its value (strings, hashes, sets, sorted sets, streams), to
+    /// compare before and after, or to search for what must not be stored.
+    pub fn snapshot(&self) -> std::collections::BTreeMap<String, String> {
+        use redis::Commands;
+        let mut conn = self.conn();
+        self.keys()
+            .into_iter()
+            .map(|key| {
+                let kind: String = redis::cmd("TYPE").arg(&key).query(&mut conn).unwrap();
+                let value = match kind.as_str() {
+                    "string" => conn.get::<_, String>(&key).unwrap(),
+                    "set" => {
+                        let mut members: Vec<String> = conn.smembers(&key).unwrap();
+                        members.sort();
+                        members.join("\n")
+                    }
+                    "zset" => format!(
+                        "{:?}",
+                        conn.zrange_withscores::<_, Vec<(String, f64)>>(&key, 0, -1)
+                            .unwrap()
+                    ),
+                    "hash" => format!(
+                        "{:?}",
+                        conn.hgetall::<_, std::collections::BTreeMap<String, String>>(&key)
+                            .unwrap()
+                    ),
+                    "stream" => format!(
+                        "{:?}",
+                        redis::cmd("XRANGE")
+                            .arg(&key)
+                            .arg("-")
+                            .arg("+")
+                            .query::<Vec<(String, Vec<String>)>>(&mut conn)
+                            .unwrap()
+                    ),
+                    other => other.to_owned(),
+                };
+                (key, value)
+            })
+            .collect()
+    }
+
     /// Every key name, sorted (from every node of a cluster).
     pub fn keys(&self) -> Vec<String> {
         let mut keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut self.conn()).unwrap();

@@ -1,9 +1,22 @@
 //! A test double of the Microsoft Entra ID v2.0 token endpoint, served over HTTP
 //! on loopback: form posts to `/{tenant}/oauth2/v2.0/token` with the password,
-//! client_credentials and refresh_token grants, Entra's success and error bodies,
-//! a configurable `expires_in`/`refresh_in`, failure injection, a gate that holds
-//! requests, and counters. It also serves App Service's managed identity endpoint
+//! client_credentials, on-behalf-of, refresh_token and Entra Agent ID's
+//! `user_fic` grants (SPEC §6 requests 1-5), clients checked as Entra checks
+//! them ([`clients`]), Entra's success and error bodies, a configurable
+//! `expires_in`/`refresh_in`, failure injection, a gate that holds requests, and
+//! counters. It also serves App Service's managed identity endpoint
 //! (`GET /msi/token`, what `IDENTITY_ENDPOINT` points at in a Function App).
+
+mod clients;
+
+use super::certs;
+
+#[allow(unused_imports)] // the benchmarks use the double without Agent ID
+pub use self::clients::{
+    AGENT_IDENTITY_ID, AGENT_USER_ID, AGENT_USER_NAME, MANAGED_IDENTITY_ID,
+    OTHER_AGENT_IDENTITY_ID, OTHER_AGENT_USER_ID, TOKEN_EXCHANGE_SCOPE, code,
+};
+use self::clients::{Client, Held, Minted, Refusal, agent_identity, agent_of_user, unix_now};
 
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -14,7 +27,7 @@ use axum::{
 };
 use base64::Engine as _;
 use serde_json::json;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -70,12 +83,18 @@ struct Inner {
     requests: Vec<HashMap<String, String>>,
     next_failures: VecDeque<Failure>,
     outage: Option<Failure>,
-    refresh_tokens: HashSet<String>,
+    /// Live refresh tokens and the client each was issued to.
+    refresh_tokens: HashMap<String, &'static str>,
+    /// Exchange tokens and managed identities' tokens, which come back as
+    /// assertions and credentials.
+    minted: HashMap<String, Held>,
     issued: Vec<String>,
 }
 
 struct IdpState {
     inner: Mutex<Inner>,
+    /// This double's token endpoint: the audience of certificate assertions.
+    endpoint: String,
     /// A redeemed refresh token is used up (Entra rotates them).
     rotating: std::sync::atomic::AtomicBool,
     expires_in: AtomicU64,
@@ -94,8 +113,13 @@ pub struct Idp {
 
 impl Idp {
     pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind idp");
+        let addr = listener.local_addr().expect("idp addr");
         let state = Arc::new(IdpState {
             inner: Mutex::default(),
+            endpoint: format!("http://{addr}/{TENANT}/oauth2/v2.0/token"),
             rotating: std::sync::atomic::AtomicBool::new(false),
             expires_in: AtomicU64::new(3599),
             refresh_in: AtomicU64::new(0),
@@ -108,10 +132,6 @@ impl Idp {
             .route("/{tenant}/oauth2/v2.0/token", post(token))
             .route("/msi/token", get(managed_identity))
             .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind idp");
-        let addr = listener.local_addr().expect("idp addr");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
             let _ = axum::serve(listener, app)
@@ -156,6 +176,120 @@ impl Idp {
             ),
             ("IDENTITY_HEADER".into(), IDENTITY_HEADER.into()),
         ]
+    }
+
+    /// Variables for Entra Agent ID against this double: the blueprint
+    /// (`CLIENT_ID`) proving itself with `proof`, the agent identity, and with
+    /// `agent_user` its agent user (by object id).
+    pub fn agent_env(&self, agent_user: bool, proof: Proof) -> Vec<(String, String)> {
+        let flow = if agent_user {
+            "agent_user"
+        } else {
+            "agent_identity"
+        };
+        let mut env = vec![
+            ("AGENT_TOKEN_FLOW".into(), flow.into()),
+            ("AZURE_AUTHORITY_HOST".into(), self.authority()),
+            ("AZURE_TENANT_ID".into(), TENANT.into()),
+            ("AZURE_CLIENT_ID".into(), CLIENT_ID.into()),
+            ("AGENT_IDENTITY_ID".into(), AGENT_IDENTITY_ID.into()),
+        ];
+        if agent_user {
+            env.push(("AGENT_USER_ID".into(), AGENT_USER_ID.into()));
+        }
+        env.extend(self.proof_env(proof));
+        env
+    }
+
+    /// Variables by which the app registration (or blueprint) proves itself.
+    pub fn proof_env(&self, proof: Proof) -> Vec<(String, String)> {
+        match proof {
+            Proof::Secret => vec![("AZURE_CLIENT_SECRET".into(), CLIENT_SECRET.into())],
+            Proof::Certificate(certificate) => vec![(
+                "AZURE_CLIENT_CERTIFICATE_PATH".into(),
+                certificate.path.to_string_lossy().into_owned(),
+            )],
+            Proof::ManagedIdentity(identity) => {
+                record_issued(IDENTITY_HEADER);
+                vec![
+                    (
+                        "AGENT_BLUEPRINT_CREDENTIAL".into(),
+                        "managed_identity".into(),
+                    ),
+                    ("AZURE_MANAGED_IDENTITY_CLIENT_ID".into(), identity.into()),
+                    (
+                        "IDENTITY_ENDPOINT".into(),
+                        format!("http://{}/msi/token", self.addr),
+                    ),
+                    ("IDENTITY_HEADER".into(), IDENTITY_HEADER.into()),
+                ]
+            }
+        }
+    }
+
+    /// This double's token endpoint.
+    pub fn token_endpoint(&self) -> String {
+        self.state.endpoint.clone()
+    }
+
+    /// Posts `form` to the token endpoint as a client would: the status and body.
+    pub async fn post(&self, form: &[(&str, &str)]) -> (u16, serde_json::Value) {
+        let response = reqwest::Client::new()
+            .post(self.token_endpoint())
+            .form(form)
+            .send()
+            .await
+            .expect("the double answers");
+        let status = response.status().as_u16();
+        (status, response.json().await.expect("a JSON body"))
+    }
+
+    /// A token from the managed identity endpoint, as App Service would give it
+    /// to the code running under `identity`.
+    pub async fn managed_identity_token(&self, identity: &str, resource: &str) -> String {
+        let response = reqwest::Client::new()
+            .get(format!(
+                "http://{}/msi/token?api-version=2019-08-01&resource={}&client_id={identity}",
+                self.addr,
+                resource.replace(':', "%3A").replace('/', "%2F")
+            ))
+            .header("X-IDENTITY-HEADER", IDENTITY_HEADER)
+            .send()
+            .await
+            .expect("the double answers");
+        let body: serde_json::Value = response.json().await.expect("a JSON body");
+        body["access_token"].as_str().expect("a token").to_owned()
+    }
+
+    /// Requests that match `pick`.
+    pub fn count_where(&self, pick: impl Fn(&HashMap<String, String>) -> bool) -> usize {
+        self.inner().requests.iter().filter(|f| pick(f)).count()
+    }
+
+    /// Request 1s: the blueprint asking for a T1.
+    pub fn t1_requests(&self) -> usize {
+        self.count_where(|f| {
+            f.get("client_id").map(String::as_str) == Some(CLIENT_ID)
+                && f.get("scope").map(String::as_str) == Some(TOKEN_EXCHANGE_SCOPE)
+        })
+    }
+
+    /// Request 3s: an agent identity asking for a T2.
+    pub fn t2_requests(&self) -> usize {
+        self.count_where(|f| {
+            f.get("client_id")
+                .is_some_and(|id| agent_identity(id).is_some())
+                && f.get("scope").map(String::as_str) == Some(TOKEN_EXCHANGE_SCOPE)
+        })
+    }
+
+    /// Every exchange token and managed identity's token minted so far expires
+    /// now, as if their hour had passed.
+    pub fn expire_exchange_tokens(&self) {
+        let now = unix_now();
+        for held in self.inner().minted.values_mut() {
+            held.expires_at = now;
+        }
     }
 
     fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -209,7 +343,7 @@ impl Idp {
         let token = format!("rt-elsewhere-{}", b64(&rand::random::<[u8; 24]>()));
         record_issued(&token);
         let mut inner = self.inner();
-        inner.refresh_tokens.insert(token.clone());
+        inner.refresh_tokens.insert(token.clone(), CLIENT_ID);
         inner.issued.push(token.clone());
         token
     }
@@ -270,9 +404,18 @@ impl IdpState {
     }
 }
 
-/// Appends an issued token to this run's list, which `scripts/test.sh` greps every
-/// log for afterwards.
-fn record_issued(token: &str) {
+/// How the app registration (or blueprint) proves itself.
+#[derive(Clone, Copy)]
+pub enum Proof {
+    Secret,
+    Certificate(&'static certs::TestCertificate),
+    /// A user-assigned managed identity's token as a federated credential.
+    ManagedIdentity(&'static str),
+}
+
+/// Appends an issued token (or a credential) to this run's list, which
+/// `scripts/test.sh` greps every log for afterwards.
+pub fn record_issued(token: &str) {
     use std::io::Write;
     let path = super::log_dir().join(format!("issued-{}.txt", std::process::id()));
     if let Ok(mut file) = std::fs::OpenOptions::new()
@@ -323,6 +466,12 @@ async fn token(
 ) -> Response {
     let grant = form.get("grant_type").cloned().unwrap_or_default();
     let failure = state.arrive(form.clone()).await;
+    // Assertions and credentials sent here are secrets too.
+    for field in ["client_assertion", "user_federated_identity_credential"] {
+        if let Some(value) = form.get(field) {
+            record_issued(value);
+        }
+    }
 
     if let Some(failure) = failure {
         return entra_error(&failure);
@@ -330,12 +479,10 @@ async fn token(
     if tenant != TENANT {
         return refuse(400, "invalid_tenant", 90002);
     }
-    if form.get("client_id").map(String::as_str) != Some(CLIENT_ID) {
-        return refuse(400, "unauthorized_client", 700016);
-    }
-    if form.get("client_secret").map(String::as_str) != Some(CLIENT_SECRET) {
-        return refuse(401, "invalid_client", 7000215);
-    }
+    let client = match state.authenticate(&form) {
+        Ok(client) => client,
+        Err(Refusal(status, error, code)) => return refuse(status, error, code),
+    };
     let Some(scope) = form.get("scope").filter(|s| !s.trim().is_empty()) else {
         return refuse(400, "invalid_request", 900144);
     };
@@ -343,8 +490,13 @@ async fn token(
         return refuse(400, "invalid_scope", 70011);
     }
     let offline = scope.split(' ').any(|s| s == "offline_access");
+    // What the new token is, when it is one that comes back as a credential.
+    let mut minted = None;
     match grant.as_str() {
         "password" => {
+            if client != Client::App {
+                return refuse(400, "unauthorized_client", code::UNAUTHORIZED_GRANT);
+            }
             if form.get("username").map(String::as_str) != Some(USER)
                 || form.get("password").map(String::as_str) != Some(PASSWORD)
             {
@@ -354,6 +506,51 @@ async fn token(
         "client_credentials" => {
             if !scope.ends_with("/.default") {
                 return refuse(400, "invalid_scope", 1002012);
+            }
+            if scope == TOKEN_EXCHANGE_SCOPE {
+                minted = Some(match client {
+                    // Request 1: the blueprint asks for a T1 for one of its agent
+                    // identities.
+                    Client::App => {
+                        let Some(path) = form.get("fmi_path") else {
+                            return refuse(400, "unauthorized_client", code::BLUEPRINT_APP_ONLY);
+                        };
+                        let Some(agent) = agent_identity(path) else {
+                            return refuse(400, "invalid_request", code::UNKNOWN_AGENT_IDENTITY);
+                        };
+                        Minted::T1 {
+                            agent: agent.to_owned(),
+                        }
+                    }
+                    // Request 3: the agent identity's T2.
+                    Client::Agent(agent) => Minted::T2 {
+                        agent: agent.to_owned(),
+                    },
+                });
+            }
+        }
+        // Request 4: the agent user's token, T2 as its credential.
+        "user_fic" => {
+            let Client::Agent(agent) = client else {
+                return refuse(400, "unauthorized_client", code::UNAUTHORIZED_GRANT);
+            };
+            let credential = form
+                .get("user_federated_identity_credential")
+                .and_then(|t2| state.held(t2));
+            match credential {
+                Some(Held {
+                    minted: Minted::T2 { agent: of },
+                    expires_at,
+                }) if of == agent => {
+                    if expires_at <= unix_now() {
+                        return refuse(400, "invalid_grant", code::EXPIRED_ASSERTION);
+                    }
+                }
+                Some(_) => return refuse(400, "invalid_grant", code::NO_MATCHING_FIC),
+                None => return refuse(400, "invalid_request", code::MISSING_FIELD),
+            }
+            if agent_of_user(&form) != Some(agent) {
+                return refuse(400, "invalid_grant", code::USER_NOT_LINKED);
             }
         }
         "urn:ietf:params:oauth:grant-type:jwt-bearer" => {
@@ -370,12 +567,14 @@ async fn token(
         }
         "refresh_token" => {
             let rotating = state.rotating.load(Ordering::SeqCst);
+            // A refresh token works only for the client it was issued to.
             let known = form.get("refresh_token").is_some_and(|rt| {
                 let mut inner = state.inner.lock().unwrap();
-                match rotating {
-                    true => inner.refresh_tokens.remove(rt),
-                    false => inner.refresh_tokens.contains(rt),
+                let issued_to = inner.refresh_tokens.get(rt).copied();
+                if rotating && issued_to == Some(client.id()) {
+                    inner.refresh_tokens.remove(rt);
                 }
+                issued_to == Some(client.id())
             });
             if !known {
                 return refuse(400, "invalid_grant", 70000);
@@ -387,7 +586,7 @@ async fn token(
     let serial = state.serial.fetch_add(1, Ordering::SeqCst);
     let expires_in = state.expires_in.load(Ordering::SeqCst);
     let padding = "p".repeat(state.padding.load(Ordering::SeqCst) as usize * 3 / 4);
-    let access_token = state.mint(json!({"aud": scope, "n": serial, "grant": grant, "nonce": rand::random::<u64>(), "pad": padding}));
+    let access_token = state.mint(json!({"aud": scope, "azp": client.id(), "n": serial, "grant": grant, "nonce": rand::random::<u64>(), "pad": padding}));
     let mut body = json!({
         "token_type": "Bearer",
         "scope": scope,
@@ -401,11 +600,19 @@ async fn token(
     }
     let mut inner = state.inner.lock().unwrap();
     record_issued(&access_token);
-    inner.issued.push(access_token);
+    inner.issued.push(access_token.clone());
+    if let Some(minted) = minted {
+        let expires_at = unix_now() + expires_in as i64;
+        inner
+            .minted
+            .insert(access_token, Held { minted, expires_at });
+    }
     // Delegated grants return a refresh token when offline_access was asked for.
     if offline && grant != "client_credentials" {
         let refresh_token = format!("rt-{serial}-{}", b64(&rand::random::<[u8; 24]>()));
-        inner.refresh_tokens.insert(refresh_token.clone());
+        inner
+            .refresh_tokens
+            .insert(refresh_token.clone(), client.id());
         record_issued(&refresh_token);
         inner.issued.push(refresh_token.clone());
         body["refresh_token"] = json!(refresh_token);
@@ -447,7 +654,10 @@ async fn managed_identity(
     if query.get("api-version").map(String::as_str) != Some("2019-08-01") {
         return refused(StatusCode::BAD_REQUEST, "unsupported api-version");
     }
-    if query.get("client_id").is_some_and(|id| id != CLIENT_ID) {
+    let identity = query
+        .get("client_id")
+        .map_or(MANAGED_IDENTITY_ID, String::as_str);
+    if identity != CLIENT_ID && identity != MANAGED_IDENTITY_ID {
         return refused(
             StatusCode::BAD_REQUEST,
             "No managed identity with this client id is assigned to this resource",
@@ -468,10 +678,18 @@ async fn managed_identity(
         "expires_on": (now + expires_in).to_string(),
         "resource": resource,
         "token_type": "Bearer",
-        "client_id": CLIENT_ID,
+        "client_id": identity,
     });
     let mut inner = state.inner.lock().unwrap();
     record_issued(&access_token);
-    inner.issued.push(access_token);
+    inner.issued.push(access_token.clone());
+    let minted = Minted::Managed {
+        identity: identity.to_owned(),
+        resource: resource.clone(),
+    };
+    let expires_at = now + expires_in;
+    inner
+        .minted
+        .insert(access_token, Held { minted, expires_at });
     Json(body).into_response()
 }
