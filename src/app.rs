@@ -95,8 +95,12 @@ impl AppState {
         let clock = setup.clock;
         let metrics = Metrics::default();
         let store = store::open(&config.store, &config.redis, clock.clone())?;
+        // The one HTTP client: token endpoint, managed identity, signing keys.
+        let http = crate::identity::http_client()?;
         let identity = Arc::new(match setup.issuer {
-            Issuer::Entra => Identity::from_config(config, clock.clone(), metrics.clone())?,
+            Issuer::Entra => {
+                Identity::from_config(config, http.clone(), clock.clone(), metrics.clone())?
+            }
             Issuer::Dev { lifetime_secs } => {
                 Identity::dev(lifetime_secs, clock.clone(), metrics.clone())
             }
@@ -123,7 +127,13 @@ impl AppState {
             tokens,
             store,
             cache,
-            callers: Callers::new(config.api.auth, &config.api.api_keys),
+            callers: Callers::new(
+                config.api.auth,
+                &config.api.api_keys,
+                config.api.entra.clone(),
+                http,
+                clock.clone(),
+            ),
             audit,
             metrics,
             clock,

@@ -63,6 +63,7 @@ impl Audit {
     pub async fn record(
         &self,
         caller: &str,
+        caller_oid: Option<&str>,
         action: Action,
         key: &TokenKey,
         outcome: Outcome,
@@ -73,6 +74,7 @@ impl Audit {
             tracing::info!(
                 target: "audit",
                 caller,
+                caller_oid,
                 action = action_name,
                 scope = key.scope().as_str(),
                 user = key.user().map(|u| u.as_str()),
@@ -97,6 +99,7 @@ impl Audit {
             ("time", self.clock.now().to_string()),
         ];
         fields.extend(key.user().map(|u| ("user", u.as_str().to_owned())));
+        fields.extend(caller_oid.map(|oid| ("caller_oid", oid.to_owned())));
         fields.extend(token_fp.map(|fp| ("token_fp", fp.to_owned())));
         fields.extend(
             REQUEST_ID

@@ -1,7 +1,7 @@
 //! The `handler` command line: its modes (SPEC §2) and what each runs.
 
 use crate::app::{AppState, Issuer, Setup};
-use crate::callers::{self, AuthMode};
+use crate::callers;
 use crate::config::{Config, StoreKind};
 use crate::functions;
 use crate::startup::{run, shutdown_signal};
@@ -139,9 +139,7 @@ pub async fn execute(mode: Mode) -> Result<(), String> {
         Mode::NewKey { .. } => return Err("keys new runs before the service starts".into()),
     };
     let dev_key = match setup.issuer {
-        Issuer::Dev { .. }
-            if config.api.auth == AuthMode::Keys && config.api.api_keys.is_empty() =>
-        {
+        Issuer::Dev { .. } if config.api.auth.keys && config.api.api_keys.is_empty() => {
             let (key, entry) = callers::new_key("dev", vec!["*".into()], vec!["*".into()], true);
             config.api.api_keys.push(entry);
             Some(key)
@@ -150,7 +148,7 @@ pub async fn execute(mode: Mode) -> Result<(), String> {
     };
     let state = AppState::build(&config, setup).map_err(|e| e.to_string())?;
     state.store.check_at_start().await?;
-    if config.api.auth == AuthMode::None {
+    if config.api.auth.is_none() {
         tracing::warn!("TOKEN_API_AUTH=none: every caller on the network can read every token");
     }
     if config.store.kind == StoreKind::Redis

@@ -1,7 +1,7 @@
 //! The one error type at the HTTP edge: a status, a JSON body with a stable
 //! `error` title and a `message` saying what to do, and `Retry-After` when known.
 
-use crate::callers::AuthError;
+use crate::callers::{AuthError, Callers};
 use crate::domain::{InputError, TokenKey};
 use crate::identity::IdpError;
 use crate::refresh::RefreshError;
@@ -16,6 +16,8 @@ pub struct ApiError {
     retry_after: Option<u64>,
     /// The `Allow` header of a `405`.
     allow: Option<&'static str>,
+    /// The `WWW-Authenticate` header of a `401`.
+    www_authenticate: Option<String>,
 }
 
 /// When the identity provider gave no hint, callers retry after this long.
@@ -31,6 +33,7 @@ impl ApiError {
             body,
             retry_after: None,
             allow: None,
+            www_authenticate: None,
         }
     }
 
@@ -61,16 +64,34 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, error.title(), error.to_string())
     }
 
-    pub fn unauthorized(error: AuthError) -> Self {
+    /// `401` with `WWW-Authenticate`, or `403` for a valid Entra token that no
+    /// caller entry names.
+    pub fn unauthorized(error: AuthError, callers: &Callers) -> Self {
+        let entra = callers.methods().entra;
         let message = match error {
+            AuthError::Unlisted => {
+                return Self::new(
+                    StatusCode::FORBIDDEN,
+                    "Forbidden",
+                    "The token is valid, but no TOKEN_API_CALLERS entry names its application, object id or role",
+                );
+            }
+            AuthError::Missing | AuthError::Unknown if entra => {
+                "Send an Entra ID access token for this service, or a valid API key, as 'Authorization: Bearer <token>'".to_owned()
+            }
             AuthError::Missing | AuthError::Unknown => {
-                "Send a valid API key as 'Authorization: Bearer <key>' or 'x-functions-key: <key>'"
+                "Send a valid API key as 'Authorization: Bearer <key>' or 'x-functions-key: <key>'".to_owned()
+            }
+            AuthError::InvalidToken(why) => {
+                format!("The Entra ID access token is not valid for this service: {why}")
             }
             AuthError::NoneConfigured => {
-                "No API keys are configured: create one with 'handler keys new --name <app> --scope <scope>' and put its entry in TOKEN_API_KEYS (or TOKEN_API_KEYS_FILE); TOKEN_API_AUTH=none turns authentication off"
+                "No API keys are configured: create one with 'handler keys new --name <app> --scope <scope>' and put its entry in TOKEN_API_KEYS (or TOKEN_API_KEYS_FILE); TOKEN_API_AUTH=none turns authentication off".to_owned()
             }
         };
-        Self::new(StatusCode::UNAUTHORIZED, "Unauthorized", message)
+        let mut e = Self::new(StatusCode::UNAUTHORIZED, "Unauthorized", message);
+        e.www_authenticate = Some(callers.challenge(error));
+        e
     }
 
     pub fn one_resource_only(key: &TokenKey) -> Self {
@@ -86,7 +107,7 @@ impl ApiError {
         Self::new(
             StatusCode::FORBIDDEN,
             "Forbidden",
-            "This API key may not use this token; extend its scopes/users entries",
+            "This caller may not use this token; extend the scopes/users of its entry",
         )
         .about(key)
     }
@@ -297,6 +318,14 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        if let Some(challenge) = self
+            .www_authenticate
+            .and_then(|c| HeaderValue::try_from(c).ok())
+        {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, challenge);
         }
         response
     }

@@ -90,7 +90,7 @@ where
     // Before any input is looked at: an unauthenticated caller learns nothing
     // about scopes.
     let caller = match route.needs_caller() {
-        true => Some(authenticate(state, &parts.headers)?),
+        true => Some(authenticate(state, &parts.headers).await?),
         false => None,
     };
     let uri = &parts.uri;
@@ -153,12 +153,12 @@ fn new_request_id() -> String {
     format!("{prefix:08x}-{:x}", COUNTER.fetch_add(1, Ordering::Relaxed))
 }
 
-fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Arc<Caller>, ApiError> {
+async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Arc<Caller>, ApiError> {
     state
         .callers
         .authenticate(presented_key(headers))
-        .cloned()
-        .map_err(ApiError::unauthorized)
+        .await
+        .map_err(|error| ApiError::unauthorized(error, &state.callers))
 }
 
 /// `Authorization: Bearer <key>` or `x-functions-key: <key>`. Never logged.

@@ -32,7 +32,14 @@ async fn audited<T>(
         Err((outcome, _)) => (*outcome, None),
     };
     app.audit
-        .record(&caller.name, action, key, outcome, handed_out)
+        .record(
+            &caller.name,
+            caller.oid.as_deref(),
+            action,
+            key,
+            outcome,
+            handed_out,
+        )
         .await;
     result.map_err(|(_, error)| error)
 }

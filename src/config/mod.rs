@@ -10,11 +10,11 @@ mod parse;
 mod tests;
 
 use self::parse::{
-    bad, choice, load_api_keys, parse_authority, parse_encryption_key, parse_scopes, read_ca_cert,
-    redis_nodes,
+    bad, choice, load_api_keys, load_callers, parse_authority, parse_encryption_key, parse_scopes,
+    read_ca_cert, redis_nodes,
 };
-use crate::callers::ApiKeyEntry;
-pub use crate::callers::AuthMode;
+pub use crate::callers::AuthMethods;
+use crate::callers::{ApiKeyEntry, EntraSettings};
 use crate::domain::Scope;
 use crate::secret::Secret;
 use serde::Deserialize;
@@ -156,8 +156,10 @@ pub struct RedisConfig {
 /// Who may call, and where the API listens.
 #[derive(Debug, Clone)]
 pub struct ApiConfig {
-    pub auth: AuthMode,
+    pub auth: AuthMethods,
     pub api_keys: Vec<ApiKeyEntry>,
+    /// Set when `TOKEN_API_AUTH` names `entra`.
+    pub entra: Option<EntraSettings>,
     /// Forced refreshes allowed per API key and token per minute (0: unlimited).
     pub refresh_rate_per_min: u32,
     /// Also append audit events to the capped stream `{ns}tokens:audit`.
@@ -207,6 +209,9 @@ struct RawVars {
     token_api_auth: Option<String>,
     token_api_keys: Option<String>,
     token_api_keys_file: Option<String>,
+    token_api_audience: Option<String>,
+    token_api_callers: Option<String>,
+    token_api_callers_file: Option<String>,
     token_encryption_key: Option<Secret>,
     bind: Option<IpAddr>,
     port: Option<u16>,
@@ -449,16 +454,68 @@ fn redis(raw: &RawVars) -> Result<RedisConfig, ConfigError> {
 }
 
 fn api(raw: &RawVars) -> Result<ApiConfig, ConfigError> {
+    let auth = match raw.token_api_auth.as_deref() {
+        Some(value) => AuthMethods::parse(value).map_err(|why| bad("TOKEN_API_AUTH", why))?,
+        None => AuthMethods::KEYS,
+    };
     Ok(ApiConfig {
-        auth: choice("TOKEN_API_AUTH", raw.token_api_auth.as_deref())?.unwrap_or(AuthMode::Keys),
+        auth,
         api_keys: load_api_keys(
             raw.token_api_keys.as_deref(),
             raw.token_api_keys_file.as_deref(),
         )?,
+        entra: if auth.entra {
+            Some(entra_callers(raw)?)
+        } else {
+            None
+        },
         refresh_rate_per_min: raw.token_refresh_rate_per_min.unwrap_or(10),
         audit_stream: raw.token_audit_stream.unwrap_or(false),
         bind: raw.bind.unwrap_or(IpAddr::from([127, 0, 0, 1])),
         port: raw.port.unwrap_or(7071),
+    })
+}
+
+/// What `TOKEN_API_AUTH=entra` checks tokens against: the tenant, the audience
+/// (`TOKEN_API_AUDIENCE`, default `api://{AZURE_CLIENT_ID}`, and
+/// `AZURE_CLIENT_ID`), and the caller entries.
+fn entra_callers(raw: &RawVars) -> Result<EntraSettings, ConfigError> {
+    const WHY: &str = "is required by TOKEN_API_AUTH=entra";
+    let tenant = raw
+        .azure_tenant_id
+        .clone()
+        .ok_or_else(|| bad("AZURE_TENANT_ID", WHY))?;
+    let client_id = raw.azure_client_id.clone();
+    let audience = match (&raw.token_api_audience, &client_id) {
+        (Some(audience), _) => audience.trim().to_owned(),
+        (None, Some(client_id)) => format!("api://{client_id}"),
+        (None, None) => {
+            return Err(bad(
+                "TOKEN_API_AUDIENCE",
+                "is required by TOKEN_API_AUTH=entra (or AZURE_CLIENT_ID, for the default api://{AZURE_CLIENT_ID})",
+            ));
+        }
+    };
+    let entries = load_callers(
+        raw.token_api_callers.as_deref(),
+        raw.token_api_callers_file.as_deref(),
+    )?;
+    if entries.is_empty() {
+        return Err(bad(
+            "TOKEN_API_CALLERS",
+            "is required by TOKEN_API_AUTH=entra: a JSON array of callers by app_id, object_id or role",
+        ));
+    }
+    let mut audiences = vec![audience];
+    audiences.extend(client_id.filter(|id| !audiences.contains(id)));
+    Ok(EntraSettings {
+        authority: parse_authority(raw.azure_authority_host.as_deref())?
+            .as_str()
+            .trim_end_matches('/')
+            .to_owned(),
+        tenant,
+        audiences,
+        entries,
     })
 }
 

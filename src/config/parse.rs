@@ -1,7 +1,7 @@
 //! Turning one variable's text into a domain value, or one line naming it.
 
 use super::{ConfigError, EncryptionKey, RawVars};
-use crate::callers::ApiKeyEntry;
+use crate::callers::{ApiKeyEntry, CallerEntry};
 use crate::domain::Scope;
 use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo};
 
@@ -88,6 +88,28 @@ pub(super) fn load_api_keys(
         (None, None) => return Ok(Vec::new()),
     };
     ApiKeyEntry::parse_list(&json).map_err(|why| bad(var, why))
+}
+
+pub(super) fn load_callers(
+    inline: Option<&str>,
+    file: Option<&str>,
+) -> Result<Vec<CallerEntry>, ConfigError> {
+    let (var, json) = match (inline, file) {
+        (Some(_), Some(_)) => {
+            return Err(bad(
+                "TOKEN_API_CALLERS_FILE",
+                "set either TOKEN_API_CALLERS or TOKEN_API_CALLERS_FILE, not both",
+            ));
+        }
+        (Some(json), None) => ("TOKEN_API_CALLERS", json.to_owned()),
+        (None, Some(path)) => (
+            "TOKEN_API_CALLERS_FILE",
+            std::fs::read_to_string(path)
+                .map_err(|e| bad("TOKEN_API_CALLERS_FILE", format!("cannot read {path}: {e}")))?,
+        ),
+        (None, None) => return Ok(Vec::new()),
+    };
+    CallerEntry::parse_list(&json).map_err(|why| bad(var, why))
 }
 
 pub(super) fn parse_encryption_key(value: &str) -> Result<EncryptionKey, ConfigError> {

@@ -58,7 +58,8 @@ fn defaults_follow_the_spec() {
     );
     assert_eq!(config.store.namespace, "annika:");
     assert_eq!(config.store.kind, StoreKind::Redis);
-    assert_eq!(config.api.auth, AuthMode::Keys);
+    assert_eq!(config.api.auth, AuthMethods::KEYS);
+    assert!(config.api.entra.is_none());
     assert_eq!(config.api.port, 7071);
 }
 
@@ -226,4 +227,46 @@ fn empty_values_mean_unset() {
         ),
         (900, "localhost:6379".to_owned())
     );
+}
+
+#[test]
+fn entra_callers_need_a_tenant_an_audience_and_entries() {
+    let callers = r#"[{"name":"reporting","app_id":"c0ffee00-0000-4000-8000-000000000001"}]"#;
+    let c = Config::from_vars(vars(&[
+        ("TOKEN_API_AUTH", "keys,entra"),
+        ("AZURE_TENANT_ID", "t"),
+        ("AZURE_CLIENT_ID", "broker"),
+        ("TOKEN_API_CALLERS", callers),
+    ]))
+    .unwrap();
+    assert!(c.api.auth.keys && c.api.auth.entra);
+    let entra = c.api.entra.unwrap();
+    assert_eq!(entra.audiences, ["api://broker", "broker"]);
+    assert_eq!(entra.authority, "https://login.microsoftonline.com");
+    assert_eq!(entra.entries[0].name, "reporting");
+    let missing = |drop: &str| {
+        let all = [
+            ("TOKEN_API_AUTH", "entra"),
+            ("AZURE_TENANT_ID", "t"),
+            ("AZURE_CLIENT_ID", "broker"),
+            ("TOKEN_API_CALLERS", callers),
+        ];
+        let kept: Vec<_> = all.into_iter().filter(|(k, _)| *k != drop).collect();
+        error_of(&kept).replace("configuration error: ", "")
+    };
+    let e = missing("AZURE_TENANT_ID");
+    assert!(e.starts_with("AZURE_TENANT_ID"), "{e}");
+    assert!(missing("AZURE_CLIENT_ID").starts_with("TOKEN_API_AUDIENCE"));
+    assert!(missing("TOKEN_API_CALLERS").starts_with("TOKEN_API_CALLERS"));
+    let two = r#"[{"name":"x","app_id":"a","role":"r"}]"#;
+    assert!(
+        error_of(&[
+            ("TOKEN_API_AUTH", "entra"),
+            ("AZURE_TENANT_ID", "t"),
+            ("AZURE_CLIENT_ID", "b"),
+            ("TOKEN_API_CALLERS", two)
+        ])
+        .contains("exactly one")
+    );
+    assert!(error_of(&[("TOKEN_API_AUTH", "kerberos")]).contains("TOKEN_API_AUTH: "));
 }

@@ -179,12 +179,12 @@ pub struct Identity {
 impl Identity {
     pub fn from_config(
         config: &Config,
+        http: reqwest::Client,
         clock: Clock,
         metrics: Metrics,
     ) -> Result<Self, ConfigError> {
         config.check_agent_credentials()?;
         let identity = &config.identity;
-        let http = http_client()?;
         let url = identity.token_endpoint();
         let endpoint: Arc<dyn Endpoint> =
             Arc::new(TokenEndpoint::new(http.clone(), url.clone(), clock.clone()));

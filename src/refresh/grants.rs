@@ -130,7 +130,7 @@ impl TokenService {
         tracing::warn!(%error, scope = %key.scope(), user = ?key.user(), "user grant rejected; token and refresh token removed");
         self.0
             .audit
-            .record("refresher", Action::Revoke, key, Outcome::Ok, None)
+            .record("refresher", None, Action::Revoke, key, Outcome::Ok, None)
             .await;
         Ok(())
     }

@@ -217,7 +217,7 @@ impl TokenService {
         };
         self.0
             .audit
-            .record("sweep", Action::Refresh, &key, outcome, token)
+            .record("sweep", None, Action::Refresh, &key, outcome, token)
             .await;
         match result {
             Ok(Landed {

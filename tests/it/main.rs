@@ -6,6 +6,7 @@ mod support;
 mod agent_id;
 mod api;
 mod cache;
+mod callers;
 mod hardening;
 mod host;
 mod layout;

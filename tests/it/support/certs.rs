@@ -20,12 +20,20 @@ pub struct TestCertificate {
     pub public_pem: Vec<u8>,
     /// base64url of the SHA-256 of the certificate's DER (`x5t#S256`).
     pub thumbprint: String,
+    /// base64url of the RSA modulus (the JWK's `n`; `e` is 65537, `AQAB`).
+    pub modulus: String,
 }
 
 /// The certificate registered on the blueprint (and the classic app) at the double.
 pub fn registered() -> &'static TestCertificate {
     static CERT: OnceLock<TestCertificate> = OnceLock::new();
     CERT.get_or_init(|| make("blueprint"))
+}
+
+/// The double's token-signing keys (`kid` `k1`, and `k2` after a rotation).
+pub fn signing(n: usize) -> &'static TestCertificate {
+    static KEYS: [OnceLock<TestCertificate>; 2] = [OnceLock::new(), OnceLock::new()];
+    KEYS[n - 1].get_or_init(|| make(&format!("signing-{n}")))
 }
 
 /// A certificate the double has never seen.
@@ -79,6 +87,14 @@ fn make(name: &str) -> TestCertificate {
     let der = CertificateDer::from_pem_slice(&cert_pem).expect("a PEM certificate");
     let thumbprint =
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Sha256::digest(der.as_ref()));
+    let modulus =
+        String::from_utf8(openssl(&["rsa", "-in", key_s, "-noout", "-modulus"])).expect("text");
+    let hex = modulus.trim().trim_start_matches("Modulus=");
+    let bytes: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
+        .collect();
+    let modulus = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
     let path = dir.join(format!("{name}.pem"));
     std::fs::write(&path, [key_pem.as_slice(), cert_pem.as_slice()].concat())
         .expect("the combined PEM");
@@ -95,5 +111,6 @@ fn make(name: &str) -> TestCertificate {
         key_pem,
         public_pem,
         thumbprint,
+        modulus,
     }
 }

@@ -99,13 +99,15 @@ pub enum Client {
     App,
     /// One of the agent identities, by its id.
     Agent(&'static str),
+    /// One of the broker's caller apps, by its id.
+    Caller(&'static str),
 }
 
 impl Client {
     pub fn id(self) -> &'static str {
         match self {
             Self::App => super::CLIENT_ID,
-            Self::Agent(id) => id,
+            Self::Agent(id) | Self::Caller(id) => id,
         }
     }
 }
@@ -149,9 +151,10 @@ impl IdpState {
             .unwrap_or_default();
         let client = match client_id {
             super::CLIENT_ID => Client::App,
-            id => match agent_identity(id) {
-                Some(agent) => Client::Agent(agent),
-                None => return Err(refuse(400, "unauthorized_client", code::UNKNOWN_CLIENT)),
+            id => match (agent_identity(id), super::callers::caller_app(id)) {
+                (Some(agent), _) => Client::Agent(agent),
+                (None, Some(app)) => Client::Caller(app),
+                _ => return Err(refuse(400, "unauthorized_client", code::UNKNOWN_CLIENT)),
             },
         };
         let secret = form.get("client_secret");
@@ -160,6 +163,14 @@ impl IdpState {
             .filter(|_| form.get("client_assertion_type").map(String::as_str) == Some(JWT_BEARER));
         match (client, secret, assertion) {
             (Client::App, Some(secret), _) if secret == super::CLIENT_SECRET => Ok(client),
+            (Client::Caller(app), Some(secret), _)
+                if Some(secret.as_str()) == super::callers::caller_secret(app) =>
+            {
+                Ok(client)
+            }
+            (Client::Caller(_), None, _) => {
+                Err(refuse(400, "invalid_request", code::NO_CREDENTIAL))
+            }
             // Agent identities have no credentials of their own.
             (_, Some(_), _) => Err(refuse(401, "invalid_client", code::BAD_SECRET)),
             (_, None, None) => Err(refuse(400, "invalid_request", code::NO_CREDENTIAL)),

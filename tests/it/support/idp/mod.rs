@@ -7,10 +7,16 @@
 //! counters. It also serves App Service's managed identity endpoint
 //! (`GET /msi/token`, what `IDENTITY_ENDPOINT` points at in a Function App).
 
+mod callers;
 mod clients;
 
 use super::certs;
 
+#[allow(unused_imports)] // the benchmarks use the double without callers
+pub use self::callers::{
+    CALLER_APP_ID, CALLER_OID, CALLER_SECRET, OTHER_TENANT, ROLE, ROLE_APP_ID, ROLE_SECRET,
+    UNLISTED_APP_ID, UNLISTED_SECRET, audience, sign,
+};
 #[allow(unused_imports)] // the benchmarks use the double without Agent ID
 pub use self::clients::{
     AGENT_IDENTITY_ID, AGENT_USER_ID, AGENT_USER_NAME, MANAGED_IDENTITY_ID,
@@ -95,6 +101,12 @@ struct IdpState {
     inner: Mutex<Inner>,
     /// This double's token endpoint: the audience of certificate assertions.
     endpoint: String,
+    /// `http://{addr}`: what tokens' issuers start with.
+    authority: String,
+    /// The signing key was rotated: `k2` signs, `k1` and `k2` are published.
+    rotated: std::sync::atomic::AtomicBool,
+    keys_down: std::sync::atomic::AtomicBool,
+    keys_fetches: std::sync::atomic::AtomicUsize,
     /// A redeemed refresh token is used up (Entra rotates them).
     rotating: std::sync::atomic::AtomicBool,
     expires_in: AtomicU64,
@@ -120,6 +132,10 @@ impl Idp {
         let state = Arc::new(IdpState {
             inner: Mutex::default(),
             endpoint: format!("http://{addr}/{TENANT}/oauth2/v2.0/token"),
+            authority: format!("http://{addr}"),
+            rotated: Default::default(),
+            keys_down: Default::default(),
+            keys_fetches: Default::default(),
             rotating: std::sync::atomic::AtomicBool::new(false),
             expires_in: AtomicU64::new(3599),
             refresh_in: AtomicU64::new(0),
@@ -131,6 +147,7 @@ impl Idp {
         let app = Router::new()
             .route("/{tenant}/oauth2/v2.0/token", post(token))
             .route("/msi/token", get(managed_identity))
+            .route("/{tenant}/discovery/v2.0/keys", get(callers::keys))
             .with_state(state.clone());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
@@ -259,6 +276,39 @@ impl Idp {
             .expect("the double answers");
         let body: serde_json::Value = response.json().await.expect("a JSON body");
         body["access_token"].as_str().expect("a token").to_owned()
+    }
+
+    /// A token for the broker, as caller app `app` gets it with its secret
+    /// (through the token endpoint, like any client).
+    pub async fn caller_token(&self, app: &str) -> String {
+        let secret = callers::caller_secret(app).expect("a caller app");
+        let scope = format!("{}/.default", audience());
+        let (status, body) = self
+            .post(&[
+                ("client_id", app),
+                ("client_secret", secret),
+                ("grant_type", "client_credentials"),
+                ("scope", &scope),
+            ])
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body["access_token"].as_str().expect("a token").to_owned()
+    }
+
+    /// From now on tokens are signed with a new key (`k2`), published beside
+    /// the old one.
+    pub fn rotate_signing_key(&self) {
+        self.state.rotated.store(true, Ordering::SeqCst);
+    }
+
+    /// The keys endpoint answers `503` while `down`.
+    pub fn set_keys_down(&self, down: bool) {
+        self.state.keys_down.store(down, Ordering::SeqCst);
+    }
+
+    /// How often the keys were asked for.
+    pub fn keys_fetches(&self) -> usize {
+        self.state.keys_fetches.load(Ordering::SeqCst)
     }
 
     /// Requests that match `pick`.
@@ -507,6 +557,16 @@ async fn token(
             if !scope.ends_with("/.default") {
                 return refuse(400, "invalid_scope", 1002012);
             }
+            if let Client::Caller(app) = client {
+                // A caller app gets tokens for the broker only.
+                if *scope != format!("{}/.default", audience()) {
+                    return refuse(400, "invalid_scope", 70011);
+                }
+                let expires_in = state.expires_in.load(Ordering::SeqCst);
+                let access_token = state.caller_token(app, expires_in);
+                record_issued(&access_token);
+                return Json(json!({"token_type": "Bearer", "expires_in": expires_in, "access_token": access_token})).into_response();
+            }
             if scope == TOKEN_EXCHANGE_SCOPE {
                 minted = Some(match client {
                     // Request 1: the blueprint asks for a T1 for one of its agent
@@ -526,6 +586,7 @@ async fn token(
                     Client::Agent(agent) => Minted::T2 {
                         agent: agent.to_owned(),
                     },
+                    Client::Caller(_) => return refuse(400, "invalid_scope", 70011),
                 });
             }
         }
