@@ -204,7 +204,12 @@ impl ApiError {
                 e = e
                     .with("last_error", status.last_error.as_str())
                     .with("aadsts", aadsts_code(status.aadsts))
-                    .with("reason", status.message.as_str());
+                    .with(
+                        "reason",
+                        status
+                            .aadsts
+                            .map_or(Value::Null, |c| crate::identity::describe_aadsts(c).into()),
+                    );
                 e.retry_after = Some((*retry_after).max(1));
                 e.about(key)
             }
@@ -277,6 +282,8 @@ impl ApiError {
                 e.retry_after = Some(retry_after.unwrap_or(DEFAULT_RETRY_AFTER));
                 e
             }
+            // The agent's own credential: answered as its cause, and said so.
+            IdpError::Credential(inner) => Self::idp(inner).with("credential", true),
             IdpError::NotConfigured => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "Per-user tokens not configured",

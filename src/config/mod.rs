@@ -258,6 +258,38 @@ impl Config {
         };
         let has_proof =
             identity.client_secret.is_some() || identity.client_certificate_path.is_some();
+        if identity.blueprint_credential.is_some() && !identity.agent_flow.is_agent_id() {
+            return Err(bad(
+                "AGENT_BLUEPRINT_CREDENTIAL",
+                format!(
+                    "only applies to AGENT_TOKEN_FLOW=agent_identity or agent_user, not {:?}",
+                    identity.agent_flow
+                ),
+            ));
+        }
+        if identity.agent_flow.is_agent_id() && identity.agent_password.is_some() {
+            return Err(bad(
+                "AGENT_PASSWORD",
+                "is set with Entra Agent ID, whose agent users have no password: remove it (AGENT_USER_ID or AGENT_USER_NAME names the agent user), or remove AGENT_IDENTITY_ID to keep the password flow",
+            ));
+        }
+        if matches!(
+            identity.agent_flow,
+            AgentFlow::AgentIdentity | AgentFlow::ClientCredentials
+        ) && let Some(scope) = self
+            .refresh
+            .warm_scopes
+            .iter()
+            .find(|s| !s.as_str().ends_with("/.default"))
+        {
+            return Err(bad(
+                "TOKEN_SCOPES",
+                format!(
+                    "{scope:?}: app-only tokens ({:?}) are asked for as {{resource}}/.default",
+                    identity.agent_flow
+                ),
+            ));
+        }
         match identity.agent_flow {
             AgentFlow::Password => {
                 need(!identity.tenant_id.is_empty(), "AZURE_TENANT_ID")?;

@@ -270,3 +270,49 @@ fn entra_callers_need_a_tenant_an_audience_and_entries() {
     );
     assert!(error_of(&[("TOKEN_API_AUTH", "kerberos")]).contains("TOKEN_API_AUTH: "));
 }
+
+#[test]
+fn agent_id_settings_that_contradict_the_flow_stop_the_start() {
+    let check = |pairs: &[(&str, &str)]| {
+        Config::from_vars(vars(pairs))
+            .unwrap()
+            .check_agent_credentials()
+            .map_err(|e| e.to_string())
+    };
+    let agent = [
+        ("AZURE_TENANT_ID", "t"),
+        ("AZURE_CLIENT_ID", "blueprint"),
+        ("AZURE_CLIENT_SECRET", "s"),
+        ("AGENT_IDENTITY_ID", "agent"),
+        ("TOKEN_SCOPES", "https://graph.microsoft.com/.default"),
+    ];
+    check(&agent).unwrap();
+    let mut with_password = agent.to_vec();
+    with_password.extend([
+        ("AGENT_USER_NAME", "human@contoso.com"),
+        ("AGENT_PASSWORD", "p"),
+    ]);
+    assert!(
+        check(&with_password)
+            .unwrap_err()
+            .contains("AGENT_PASSWORD: ")
+    );
+    let mut delegated_scope = agent.to_vec();
+    delegated_scope[4] = ("TOKEN_SCOPES", "User.Read");
+    assert!(
+        check(&delegated_scope)
+            .unwrap_err()
+            .contains("TOKEN_SCOPES: ")
+    );
+    let classic = [
+        ("AZURE_TENANT_ID", "t"),
+        ("AZURE_CLIENT_ID", "app"),
+        ("AZURE_CLIENT_SECRET", "s"),
+        ("AGENT_BLUEPRINT_CREDENTIAL", "managed_identity"),
+    ];
+    assert!(
+        check(&classic)
+            .unwrap_err()
+            .contains("AGENT_BLUEPRINT_CREDENTIAL: ")
+    );
+}

@@ -73,9 +73,11 @@ impl AgentIdentity {
                     .await
             })
             .await
+            .map_err(IdpError::credential)
     }
 
-    /// Posts `grant` as the agent identity: its id, T1 as its assertion.
+    /// Posts `grant` as the agent identity: its id, T1 as its assertion. A T1
+    /// the endpoint refuses as a client credential is dropped, not reused.
     pub async fn post(&self, grant: &[(&str, &str)]) -> Result<Acquired, IdpError> {
         let t1 = self.t1().await?;
         let mut form: Vec<(&str, &str)> = vec![
@@ -84,7 +86,13 @@ impl AgentIdentity {
             ("client_assertion", t1.expose()),
         ];
         form.extend_from_slice(grant);
-        self.endpoint.post(&form).await
+        let result = self.endpoint.post(&form).await;
+        if let Err(IdpError::Rejected { error, .. }) = &result
+            && error == "invalid_client"
+        {
+            self.t1.forget().await;
+        }
+        result
     }
 
     /// Request 2: an app-only token of the agent identity.
@@ -108,19 +116,26 @@ impl AgentIdentity {
                 ])
                 .await
             })
-            .await?;
+            .await
+            .map_err(IdpError::credential)?;
         let scope = with_offline_access(scope);
         let (field, value) = match user {
             AgentUser::Id(id) => ("user_id", id.as_str()),
             AgentUser::Name(name) => ("username", name.as_str()),
         };
-        self.post(&[
-            ("grant_type", "user_fic"),
-            ("scope", &scope),
-            (field, value),
-            ("user_federated_identity_credential", t2.expose()),
-        ])
-        .await
+        let result = self
+            .post(&[
+                ("grant_type", "user_fic"),
+                ("scope", &scope),
+                (field, value),
+                ("user_federated_identity_credential", t2.expose()),
+            ])
+            .await;
+        // The T2 may be what was refused: the next exchange gets a new one.
+        if let Err(IdpError::Rejected { .. }) = &result {
+            self.t2.forget().await;
+        }
+        result
     }
 
     /// The agent user's token: its refresh token when there is one (request 5),

@@ -3,6 +3,7 @@
 //! certificate's thumbprint (`x5t#S256`) says which registered certificate
 //! checks it.
 
+use super::IdpError;
 use crate::clock::Clock;
 use crate::config::ConfigError;
 use crate::secret::Secret;
@@ -46,29 +47,36 @@ struct Claims<'a> {
 
 impl Certificate {
     /// From `AZURE_CLIENT_CERTIFICATE_PATH`: one PEM file holding the private key
-    /// (PKCS#8 or PKCS#1 RSA) and the certificate.
+    /// (PKCS#8 or PKCS#1 RSA) and the certificate, in either order. A key that
+    /// cannot sign stops the start.
     pub fn load(path: &str, clock: Clock) -> Result<Self, ConfigError> {
         const VAR: &str = "AZURE_CLIENT_CERTIFICATE_PATH";
         let bad = |why: String| ConfigError(format!("{VAR}: {why}"));
         let pem = std::fs::read(path).map_err(|e| bad(format!("cannot read {path}: {e}")))?;
         let certificate = CertificateDer::from_pem_slice(&pem)
             .map_err(|_| bad(format!("{path} holds no PEM certificate")))?;
+        let text = String::from_utf8_lossy(&pem);
+        let block = private_key_block(&text).map_err(|why| bad(format!("{path}: {why}")))?;
         // The key's error would name only its kind, never its bytes.
-        let key = EncodingKey::from_rsa_pem(&pem).map_err(|e| {
+        let key = EncodingKey::from_rsa_pem(block.as_bytes()).map_err(|e| {
             bad(format!(
                 "{path} holds no RSA private key in PEM ({:?})",
                 e.kind()
             ))
         })?;
-        Ok(Self {
+        let loaded = Self {
             key,
             thumbprint: URL_SAFE_NO_PAD.encode(Sha256::digest(certificate.as_ref())),
             clock,
-        })
+        };
+        loaded
+            .assertion("probe", "probe")
+            .map_err(|_| bad(format!("{path}: the private key cannot sign RS256")))?;
+        Ok(loaded)
     }
 
     /// A fresh client assertion for `client_id` at the token endpoint `audience`.
-    pub fn assertion(&self, client_id: &str, audience: &str) -> Secret {
+    pub fn assertion(&self, client_id: &str, audience: &str) -> Result<Secret, IdpError> {
         let now = self.clock.now();
         let claims = Claims {
             aud: audience,
@@ -81,7 +89,64 @@ impl Certificate {
         };
         let mut header = Header::new(Algorithm::RS256);
         header.x5t_s256 = Some(self.thumbprint.clone());
-        // Signing plain claims with a key that loaded cannot fail.
-        Secret::new(jsonwebtoken::encode(&header, &claims, &self.key).unwrap_or_default())
+        jsonwebtoken::encode(&header, &claims, &self.key)
+            .map(Secret::new)
+            .map_err(|e| {
+                IdpError::Protocol(format!("cannot sign the client assertion ({:?})", e.kind()))
+            })
+    }
+}
+
+/// The private key's PEM block, wherever it is in the file.
+fn private_key_block(pem: &str) -> Result<&str, &'static str> {
+    let mut rest = pem;
+    while let Some(start) = rest.find("-----BEGIN ") {
+        let block = &rest[start..];
+        let label_end = block[11..]
+            .find("-----")
+            .ok_or("a PEM block is cut short")?
+            + 11;
+        let label = &block[11..label_end];
+        let end_marker = format!("-----END {label}-----");
+        let end = block
+            .find(&end_marker)
+            .ok_or("a PEM block has no END line")?
+            + end_marker.len();
+        if label == "ENCRYPTED PRIVATE KEY" {
+            return Err(
+                "the private key is encrypted; store it without a passphrase (openssl pkcs8 -nocrypt)",
+            );
+        }
+        if label.ends_with("PRIVATE KEY") {
+            return Ok(&block[..end]);
+        }
+        rest = &block[end..];
+    }
+    Err("holds no private key")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CERT: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+    const KEY: &str = "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n";
+
+    #[test]
+    fn the_key_block_is_found_before_or_after_the_certificate() {
+        let key = KEY.trim_end();
+        assert_eq!(private_key_block(&format!("{KEY}{CERT}")).unwrap(), key);
+        assert_eq!(private_key_block(&format!("{CERT}{KEY}")).unwrap(), key);
+        let rsa = "-----BEGIN RSA PRIVATE KEY-----\nMIIE\n-----END RSA PRIVATE KEY-----";
+        assert_eq!(private_key_block(&format!("{CERT}{rsa}\n")).unwrap(), rsa);
+        assert!(private_key_block(CERT).is_err());
+        let encrypted =
+            "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIE\n-----END ENCRYPTED PRIVATE KEY-----\n";
+        assert!(
+            private_key_block(encrypted)
+                .unwrap_err()
+                .contains("encrypted")
+        );
+        assert!(private_key_block("-----BEGIN PRIVATE KEY-----\nMIIE").is_err());
     }
 }

@@ -51,12 +51,15 @@ impl Credential {
                 ("client_assertion_type", Secret::new(JWT_BEARER)),
                 (
                     "client_assertion",
-                    certificate.assertion(client_id, audience),
+                    certificate.assertion(client_id, audience)?,
                 ),
             ],
             Self::ManagedIdentity { source, held } => vec![
                 ("client_assertion_type", Secret::new(JWT_BEARER)),
-                ("client_assertion", held.get(|| source()).await?),
+                (
+                    "client_assertion",
+                    held.get(|| source()).await.map_err(IdpError::credential)?,
+                ),
             ],
         })
     }

@@ -19,6 +19,7 @@ mod dev;
 mod entra;
 mod exchange;
 
+pub use self::aadsts::describe as describe_aadsts;
 pub use self::dev::DevIssuer;
 pub use self::entra::{Endpoint, TokenEndpoint};
 
@@ -67,6 +68,10 @@ pub enum IdpError {
     Unreachable(String),
     #[error("identity provider answered something unexpected: {0}")]
     Protocol(String),
+    /// The agent's own credential (T1, T2, a managed identity's assertion) was
+    /// refused or could not be had: never a verdict on a user's grant.
+    #[error("the agent's credential could not be obtained: {0}")]
+    Credential(Box<IdpError>),
     /// Per-user grants need a credential: the app registration's secret or
     /// certificate, or Entra Agent ID.
     #[error(
@@ -81,10 +86,19 @@ fn aadsts_suffix(code: Option<u32>) -> String {
 }
 
 impl IdpError {
+    /// An error of the step that gets the agent's own credential.
+    pub fn credential(self) -> Self {
+        match self {
+            Self::Credential(_) => self,
+            other => Self::Credential(Box::new(other)),
+        }
+    }
+
     /// Seconds the identity provider asked us to wait, when it said so.
     pub fn retry_after(&self) -> Option<u64> {
         match self {
             Self::Unavailable { retry_after, .. } => *retry_after,
+            Self::Credential(inner) => inner.retry_after(),
             _ => None,
         }
     }
@@ -102,6 +116,10 @@ impl IdpError {
             Self::Unreachable(_) => ("unreachable".to_owned(), None),
             Self::Protocol(_) => ("bad_response".to_owned(), None),
             Self::NotConfigured => ("not_configured".to_owned(), None),
+            Self::Credential(inner) => {
+                let (title, aadsts) = inner.summary();
+                (format!("credential_{title}"), aadsts)
+            }
         }
     }
 
@@ -111,13 +129,17 @@ impl IdpError {
             Self::Rejected { aadsts, .. } | Self::Unavailable { aadsts, .. } => {
                 aadsts.map(aadsts::describe)
             }
+            Self::Credential(inner) => inner.reason(),
             _ => None,
         }
     }
 
     /// Whether trying again later may succeed (throttling, outages, network).
     pub fn is_transient(&self) -> bool {
-        !matches!(self, Self::Rejected { .. } | Self::NotConfigured)
+        match self {
+            Self::Credential(inner) => inner.is_transient(),
+            other => !matches!(other, Self::Rejected { .. } | Self::NotConfigured),
+        }
     }
 }
 
@@ -411,11 +433,16 @@ impl Identity {
         flow: &'static str,
         result: Result<Acquired, IdpError>,
     ) -> Result<Acquired, IdpError> {
-        let outcome = match &result {
+        let outcome = match result.as_ref().map_err(|e| match e {
+            IdpError::Credential(inner) => inner.as_ref(),
+            other => other,
+        }) {
             Ok(_) => "ok",
             Err(IdpError::Rejected { .. } | IdpError::NotConfigured) => "rejected",
             Err(IdpError::Unavailable { .. }) => "unavailable",
             Err(IdpError::Unreachable(_) | IdpError::Protocol(_)) => "unreachable",
+            // Never nested: `credential()` wraps once.
+            Err(IdpError::Credential(_)) => "rejected",
         };
         self.metrics
             .idp_requests

@@ -174,6 +174,13 @@ impl TokenService {
                     .await
             }
             Err(error) if error.is_invalid_grant() && matches!(key, TokenKey::User(..)) => {
+                if self.granted_to_another_client(key).await {
+                    // Entra refuses a refresh token presented by a client it was
+                    // not issued to: that says nothing about the grant itself.
+                    tracing::warn!(%error, scope = %key.scope(), user = ?key.user(), "the user's grant was issued to another client than the one acting now (Entra Agent ID switched on or off?): kept; store a new grant with PUT");
+                    self.record_failure(key, &error, failures).await;
+                    return Err(error.into());
+                }
                 // Revoked, expired, password changed or consent withdrawn: this grant
                 // will never work again, and the user's token must not outlive it.
                 self.revoke(key, &error).await?;
@@ -206,6 +213,17 @@ impl TokenService {
                 self.0.identity.refresh_user(scope, &current).await
             }
             _ => result,
+        }
+    }
+
+    /// Whether the stored token was acquired by another client than the one that
+    /// acts for users now (the app registration, or an agent identity).
+    async fn granted_to_another_client(&self, key: &TokenKey) -> bool {
+        match self.0.store.get(key).await {
+            Ok(Some(record)) => {
+                record.metadata.agent_identity.as_deref() != self.0.identity.agent_identity()
+            }
+            _ => false,
         }
     }
 

@@ -627,7 +627,7 @@ async fn a_certificate_serves_the_classic_flows_and_an_unknown_one_is_named() {
         );
         jtis.push(jwt_part(&form["client_assertion"], 1)["jti"].clone());
     }
-    jtis.dedup();
+    let jtis: std::collections::HashSet<String> = jtis.iter().map(Value::to_string).collect();
     assert_eq!(jtis.len(), 3, "a fresh jti per assertion");
     assert_eq!(
         forms
@@ -696,9 +696,14 @@ async fn entra_errors_of_the_agent_user_show_in_the_refresh_status() {
 /// T2) request per instance each time, however many scopes.
 #[tokio::test(flavor = "multi_thread")]
 async fn twenty_scopes_and_a_sweep_cost_one_t1_and_one_t2_per_instance() {
+    // The PEM file as `cat cert.pem key.pem` makes it: certificate first.
+    let cert_first = certs::registered()
+        .path_cert_first
+        .to_string_lossy()
+        .into_owned();
     let app = TestApp::spawn_as(
         |idp| idp.agent_env(true, Proof::Certificate(certs::registered())),
-        &[],
+        &[("AZURE_CLIENT_CERTIFICATE_PATH", &cert_first)],
         true,
     )
     .await;
@@ -746,4 +751,145 @@ async fn twenty_scopes_and_a_sweep_cost_one_t1_and_one_t2_per_instance() {
     ask_all(base, reqwest::Method::POST).await;
     assert_eq!(app.idp.count("refresh_token"), 60);
     assert_eq!((app.idp.t1_requests(), app.idp.t2_requests()), (3, 1));
+}
+
+/// A token endpoint that is down when the T1 is needed: one request, shared by
+/// every scope asked for meanwhile, and none again before its `Retry-After`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_t1_outage_costs_one_request_not_one_per_scope() {
+    let app = TestApp::spawn_as(|idp| idp.agent_env(false, Proof::Secret), &[], true).await;
+    app.idp.set_outage(Some(Failure::unavailable(30)));
+    app.idp.hold();
+    let asks: Vec<_> = (0..20)
+        .map(|i| {
+            let (http, key) = (app.http.clone(), app.keys.admin.clone());
+            let url = app.url(&format!("/api/tokens/api%3A%2F%2Fapp-{i}%2F.default"));
+            tokio::spawn(async move { send(&http, reqwest::Method::GET, &url, Some(&key)).await })
+        })
+        .collect();
+    // The first T1 request is held at the double while the others queue behind it.
+    let mut arrivals = app.idp.arrivals();
+    let _ = arrivals.wait_for(|n| *n >= 1).await;
+    app.idp.release();
+    for ask in asks {
+        let (status, body, _) = ask.await.unwrap();
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert_eq!(body["credential"], true, "{body}");
+    }
+    assert_eq!(app.idp.requests(), 1, "one T1 request for twenty scopes");
+    // Within its Retry-After nobody asks again; after it, one T1 serves all.
+    let (status, _) = app
+        .get(
+            &format!("/api/tokens/{GRAPH_ENCODED}"),
+            Some(&app.keys.admin),
+        )
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(app.idp.requests(), 1);
+    app.idp.set_outage(None);
+    app.advance(Duration::from_secs(31));
+    for i in 0..3 {
+        let path = format!("/api/tokens/api%3A%2F%2Fapp-{i}%2F.default");
+        let (status, body) = app.get(&path, Some(&app.keys.admin)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    assert_eq!(app.idp.t1_requests(), 2);
+}
+
+/// Per-user grants stored before Entra Agent ID was switched on were issued to
+/// the app registration: the agent identity cannot redeem them, and they are
+/// kept, not deleted as revoked.
+#[tokio::test(flavor = "multi_thread")]
+async fn switching_on_agent_id_keeps_the_grants_of_the_app_registration() {
+    let app = TestApp::spawn().await;
+    let path = format!("/api/tokens/{GRAPH_ENCODED}?user_id=alice");
+    let (status, body) = app
+        .put(
+            &path,
+            &app.keys.admin,
+            &json!({"assertion": USER_ASSERTION}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let twin = app
+        .twin_with(&[
+            ("AGENT_TOKEN_FLOW", "agent_identity"),
+            ("AGENT_IDENTITY_ID", AGENT_IDENTITY_ID),
+            ("AGENT_USER_NAME", ""),
+            ("AGENT_PASSWORD", ""),
+        ])
+        .await;
+    let url = format!(
+        "http://{}/api/tokens/refresh/{GRAPH_ENCODED}?user_id=alice",
+        twin.addr
+    );
+    let (status, body, _) = send(
+        &app.http,
+        reqwest::Method::POST,
+        &url,
+        Some(&app.keys.admin),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert_eq!(body["idp_error"], "invalid_grant");
+    let refused = forms_where(&app, |f| f["grant_type"] == "refresh_token");
+    assert_eq!(refused[0]["client_id"], AGENT_IDENTITY_ID);
+    let keys = app.redis_keys();
+    assert!(
+        keys.contains(&format!("annika:tokens:user:alice:{GRAPH}")),
+        "{keys:?}"
+    );
+    assert!(
+        keys.contains(&format!("annika:tokens:secret:user:alice:{GRAPH}")),
+        "{keys:?}"
+    );
+}
+
+/// Entra's `refresh_in` sets when a token is due, whatever the flow.
+#[tokio::test(flavor = "multi_thread")]
+async fn refresh_in_is_honoured_by_every_flow() {
+    use redis::Commands;
+    type IdentityEnv = fn(&Idp) -> Vec<(String, String)>;
+    let flows: [(&str, IdentityEnv, &str); 4] = [
+        ("password", Idp::env, "User.Read"),
+        (
+            "client_credentials",
+            |idp| {
+                let mut env = idp.env();
+                env.retain(|(k, _)| k != "AGENT_USER_NAME" && k != "AGENT_PASSWORD");
+                env
+            },
+            GRAPH,
+        ),
+        (
+            "agent_identity",
+            |idp| idp.agent_env(false, Proof::Secret),
+            GRAPH,
+        ),
+        (
+            "agent_user",
+            |idp| idp.agent_env(true, Proof::Secret),
+            "User.Read",
+        ),
+    ];
+    for (flow, env, scope) in flows {
+        let app = TestApp::spawn_as(env, &[], true).await;
+        app.idp.set_refresh_in(600);
+        let path = format!(
+            "/api/tokens/{}",
+            scope.replace(':', "%3A").replace('/', "%2F")
+        );
+        let (status, body) = app.get(&path, Some(&app.keys.admin)).await;
+        assert_eq!(status, StatusCode::OK, "{flow}: {body}");
+        let name = format!("annika:tokens:agent:{scope}");
+        assert_eq!(app.redis.get_json(&name)["metadata"]["flow"], flow);
+        let due: f64 = app
+            .redis
+            .conn()
+            .zscore("annika:tokens:schedule", &name)
+            .unwrap();
+        let after = due as i64 - app.now();
+        // 600 s, less up to a minute of jitter; not 3,599 - 900.
+        assert!((540..=600).contains(&after), "{flow}: due in {after} s");
+    }
 }

@@ -14,6 +14,8 @@ pub struct TestCertificate {
     /// One PEM file with the private key and the certificate: what
     /// `AZURE_CLIENT_CERTIFICATE_PATH` points at.
     pub path: PathBuf,
+    /// The same with the certificate first, then the key (`cat cert key`).
+    pub path_cert_first: PathBuf,
     /// The private key alone (PEM), for tests that sign assertions themselves.
     pub key_pem: Vec<u8>,
     /// The public key (PEM): what the identity double checks signatures with.
@@ -98,6 +100,12 @@ fn make(name: &str) -> TestCertificate {
     let path = dir.join(format!("{name}.pem"));
     std::fs::write(&path, [key_pem.as_slice(), cert_pem.as_slice()].concat())
         .expect("the combined PEM");
+    let path_cert_first = dir.join(format!("{name}-cert-first.pem"));
+    std::fs::write(
+        &path_cert_first,
+        [cert_pem.as_slice(), key_pem.as_slice()].concat(),
+    )
+    .expect("the combined PEM");
     // The key's body lines join the list of what no log may contain.
     for line in String::from_utf8_lossy(&key_pem)
         .lines()
@@ -108,6 +116,7 @@ fn make(name: &str) -> TestCertificate {
     }
     TestCertificate {
         path,
+        path_cert_first,
         key_pem,
         public_pem,
         thumbprint,

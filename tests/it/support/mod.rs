@@ -218,11 +218,22 @@ impl TestApp {
     }
 
     pub async fn twin(&self) -> Twin {
+        self.twin_with(&[]).await
+    }
+
+    /// A second instance whose configuration differs by `changes` (a variable
+    /// with an empty value is removed).
+    pub async fn twin_with(&self, changes: &[(&str, &str)]) -> Twin {
         let clock = self
             .clock
             .as_ref()
             .map_or(Clock::System, ManualClock::clock);
-        let (addr, state, stop) = start_instance(self.vars.clone(), clock).await;
+        let mut vars = self.vars.clone();
+        for (name, value) in changes {
+            vars.retain(|(k, _)| k != name);
+            vars.push((name.to_string(), value.to_string()));
+        }
+        let (addr, state, stop) = start_instance(vars, clock).await;
         Twin {
             addr,
             state,

@@ -346,6 +346,11 @@ impl Idp {
         self.state.inner.lock().unwrap()
     }
 
+    /// A watch on the number of requests that reached the endpoint.
+    pub fn arrivals(&self) -> watch::Receiver<usize> {
+        self.state.arrivals.subscribe()
+    }
+
     /// Requests that reached the endpoint, whatever their answer.
     pub fn requests(&self) -> usize {
         *self.state.arrivals.borrow()
@@ -362,6 +367,11 @@ impl Idp {
 
     pub fn set_expires_in(&self, secs: u64) {
         self.state.expires_in.store(secs, Ordering::SeqCst);
+    }
+
+    /// Answers carry `refresh_in` (seconds; 0: none).
+    pub fn set_refresh_in(&self, secs: u64) {
+        self.state.refresh_in.store(secs, Ordering::SeqCst);
     }
 
     /// Makes access tokens longer by about `bytes` (real Entra tokens are 1-3 KB).
