@@ -61,7 +61,7 @@ async fn main() {
     let (key, entry) =
         token_broker::callers::new_key("bench", vec!["*".into()], vec!["*".into()], false);
     let keys_json = serde_json::to_string(&[entry]).unwrap();
-    let handler = Handler::start(&redis, &idp, keys_json, "miss-path-handler.log").await;
+    let handler = Handler::start(&redis, &idp, keys_json, &[], "miss-path-handler.log").await;
     let script = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("miss-path.lua");
     std::fs::write(
         &script,

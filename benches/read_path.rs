@@ -88,7 +88,16 @@ async fn main() {
     idp.set_token_padding(1500);
     let (key, entry) = token_broker::callers::new_key("bench", vec!["*".into()], vec![], false);
     let keys_json = serde_json::to_string(&[entry]).unwrap();
-    let handler = Handler::start(&redis, &idp, keys_json, "read-path-handler.log").await;
+    // Callers with Entra ID tokens too: the same read, authenticated by a token
+    // the double signed (verified once, then its verdict is remembered).
+    let callers =
+        serde_json::json!([{"name": "bench-entra", "app_id": idp::CALLER_APP_ID, "scopes": ["*"]}]);
+    let extra = [
+        ("TOKEN_API_AUTH", "keys,entra".to_owned()),
+        ("TOKEN_API_CALLERS", callers.to_string()),
+    ];
+    let handler = Handler::start(&redis, &idp, keys_json, &extra, "read-path-handler.log").await;
+    let entra_token = idp.caller_token(idp::CALLER_APP_ID).await;
     let (startup, binary) = (handler.startup, handler.binary.clone());
     let http = reqwest::Client::new();
     let url = handler.url("/api/tokens/https%3A%2F%2Fgraph.microsoft.com%2F.default");
@@ -117,6 +126,7 @@ async fn main() {
     let redis = std::sync::Arc::new(redis);
     let (mut redis_rates, mut nginx_rates, mut service_rates, mut p50s, mut p99s, mut redis_during) =
         (vec![], vec![], vec![], vec![], vec![], 0);
+    let (mut entra_rates, mut entra_p99s) = (vec![], vec![]);
     for round in 0..ROUNDS {
         let redis_rate = tokio::task::spawn_blocking({
             let redis = redis.clone();
@@ -138,6 +148,19 @@ async fn main() {
         .await
         .unwrap();
         redis_during += redis_calls(&redis) - calls_before;
+        let entra = tokio::task::spawn_blocking({
+            let (url, token) = (url.clone(), entra_token.clone());
+            move || wrk(&url, &token, None)
+        })
+        .await
+        .unwrap();
+        eprintln!(
+            "round {round}: Entra caller {:.0}/s; Entra / API key {:.2}",
+            entra.rate,
+            entra.rate / service.rate
+        );
+        entra_rates.push(entra.rate);
+        entra_p99s.push(entra.p99_ms);
         eprintln!(
             "round {round}: redis {redis_rate:.0}/s, nginx {:.0}/s, service {:.0}/s; service/nginx {:.2}, service/redis {:.2}",
             static_file.rate,
@@ -160,6 +183,11 @@ async fn main() {
         .iter()
         .zip(&nginx_rates)
         .map(|(s, n)| s / n)
+        .collect();
+    let entra_ratios: Vec<f64> = entra_rates
+        .iter()
+        .zip(&service_rates)
+        .map(|(e, s)| e / s)
         .collect();
     let worst_p99 = p99s.iter().cloned().fold(0.0, f64::max);
     let nginx_rate = median(nginx_rates);
@@ -195,6 +223,14 @@ async fn main() {
             .join(", ")
     );
     println!(
+        "Entra caller / API key per round: {}",
+        entra_ratios
+            .iter()
+            .map(|r| format!("{r:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!(
         "service / Redis per round: {}",
         ratios
             .iter()
@@ -209,7 +245,16 @@ async fn main() {
     println!(
         "| GET /api/tokens/{{scope}}, 50 connections | {service_rate:.0} | {p50:.2} ms | {p99:.2} ms |"
     );
+    println!(
+        "| the same with an Entra ID token as the caller's credential | {:.0} | | {:.2} ms |",
+        median(entra_rates),
+        median(entra_p99s)
+    );
     println!();
+    println!(
+        "ratio Entra caller / API key = {:.2} (target >= 0.9)",
+        median(entra_ratios)
+    );
     println!(
         "ratio service / nginx = {:.2} (target >= 1.0)",
         median(nginx_ratios)

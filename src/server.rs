@@ -59,9 +59,11 @@ pub async fn serve(
 
 async fn connection(stream: TcpStream, state: AppState, watcher: Watcher) {
     let _ = stream.set_nodelay(true);
+    // One per connection: its last Entra caller.
+    let remembered = std::sync::Arc::new(crate::callers::Remembered::default());
     let service = service_fn(move |request: hyper::Request<Incoming>| {
-        let state = state.clone();
-        async move { Ok::<_, Infallible>(api::handle(state, request).await) }
+        let (state, remembered) = (state.clone(), remembered.clone());
+        async move { Ok::<_, Infallible>(api::handle(state, request, &remembered).await) }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .max_buf_size(limits::MAX_HEAD)

@@ -158,6 +158,7 @@ impl Handler {
         redis: &redis_server::RedisServer,
         idp: &idp::Idp,
         keys_json: String,
+        extra: &[(&str, String)],
         log_name: &str,
     ) -> Self {
         let port = free_port();
@@ -176,6 +177,7 @@ impl Handler {
             .envs(redis.env())
             .envs(idp.env())
             .env("TOKEN_API_KEYS", keys_json)
+            .envs(extra.iter().map(|(k, v)| (*k, v.as_str())))
             .envs(
                 std::env::var("TOKIO_WORKER_THREADS")
                     .ok()

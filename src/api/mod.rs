@@ -20,7 +20,7 @@ pub use self::routes::Route;
 
 use crate::app::AppState;
 use crate::audit::REQUEST_ID;
-use crate::callers::Caller;
+use crate::callers::{Caller, Remembered};
 use crate::metrics::RequestLabels;
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, Request, StatusCode, header};
@@ -29,7 +29,7 @@ use std::sync::Arc;
 use tracing::Instrument;
 
 /// Serves one request.
-pub async fn handle<B>(state: AppState, request: Request<B>) -> Response
+pub async fn handle<B>(state: AppState, request: Request<B>, remembered: &Remembered) -> Response
 where
     B: axum::body::HttpBody<Data = axum::body::Bytes> + Send + 'static,
     B::Error: Into<axum::BoxError>,
@@ -57,7 +57,7 @@ where
                 // Bounded: a hostile path can be 64 KB.
                 path = %&path[..path.floor_char_boundary(200)],
             );
-            let serving = dispatch(&state, route, request);
+            let serving = dispatch(&state, route, request, remembered);
             let answer = REQUEST_ID.scope(id.clone(), serving.instrument(span)).await;
             answer.unwrap_or_else(IntoResponse::into_response)
         }
@@ -80,6 +80,7 @@ async fn dispatch<B>(
     state: &AppState,
     route: Route,
     request: Request<B>,
+    remembered: &Remembered,
 ) -> Result<Response, ApiError>
 where
     B: axum::body::HttpBody<Data = axum::body::Bytes> + Send + 'static,
@@ -90,7 +91,7 @@ where
     // Before any input is looked at: an unauthenticated caller learns nothing
     // about scopes.
     let caller = match route.needs_caller() {
-        true => Some(authenticate(state, &parts.headers).await?),
+        true => Some(authenticate(state, &parts.headers, remembered).await?),
         false => None,
     };
     let uri = &parts.uri;
@@ -153,10 +154,14 @@ fn new_request_id() -> String {
     format!("{prefix:08x}-{:x}", COUNTER.fetch_add(1, Ordering::Relaxed))
 }
 
-async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Arc<Caller>, ApiError> {
+async fn authenticate(
+    state: &AppState,
+    headers: &HeaderMap,
+    remembered: &Remembered,
+) -> Result<Arc<Caller>, ApiError> {
     state
         .callers
-        .authenticate(presented_key(headers))
+        .authenticate(presented_key(headers), remembered)
         .await
         .map_err(|error| ApiError::unauthorized(error, &state.callers))
 }

@@ -162,26 +162,34 @@ impl EntraCallers {
         )
     }
 
-    pub(super) async fn authenticate(&self, token: &str) -> Result<Arc<Caller>, AuthError> {
+    pub(super) fn now(&self) -> i64 {
+        self.clock.now()
+    }
+
+    /// The caller `token` proves, and until when (its `exp` and the leeway).
+    pub(super) async fn authenticate(
+        &self,
+        token: &str,
+        now: i64,
+    ) -> Result<(Arc<Caller>, i64), AuthError> {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        let now = self.clock.now();
         let known = self
             .verdicts
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(&digest)
             .cloned();
-        let verdict = match known {
-            Some((verdict, exp)) if now <= exp + LEEWAY_SECS => verdict,
+        let (verdict, exp) = match known {
+            Some((verdict, exp)) if now <= exp + LEEWAY_SECS => (verdict, exp),
             Some(_) => return Err(AuthError::InvalidToken("expired")),
             None => {
                 let (verdict, exp) = self.verify(token).await?;
                 self.remember(digest, verdict.clone(), exp, now);
-                verdict
+                (verdict, exp)
             }
         };
         match verdict {
-            Verdict::Allowed(caller) => Ok(caller),
+            Verdict::Allowed(caller) => Ok((caller, exp + LEEWAY_SECS)),
             Verdict::Unlisted => Err(AuthError::Unlisted),
         }
     }

@@ -146,6 +146,30 @@ pub enum AuthError {
     Unlisted,
 }
 
+/// A connection's last Entra caller: the token it sent, who it proved, and
+/// until when. A client sends the same token on every request of a kept-alive
+/// connection, and recognising it again costs a comparison, not a hash and a
+/// lookup. Never printed; dropped with the connection.
+#[derive(Default)]
+pub struct Remembered(std::sync::Mutex<Option<(Box<str>, Arc<Caller>, i64)>>);
+
+impl Remembered {
+    fn recall(&self, presented: &str, now: i64) -> Option<Arc<Caller>> {
+        let last = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match last.as_ref() {
+            Some((token, caller, until)) if now <= *until && **token == *presented => {
+                Some(caller.clone())
+            }
+            _ => None,
+        }
+    }
+
+    fn keep(&self, presented: &str, caller: &Arc<Caller>, until: i64) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((presented.into(), caller.clone(), until));
+    }
+}
+
 /// The configured callers.
 pub struct Callers {
     methods: AuthMethods,
@@ -177,17 +201,29 @@ impl Callers {
         self.methods
     }
 
-    /// The caller `presented` (the bearer value or `x-functions-key`) proves.
-    pub async fn authenticate(&self, presented: Option<&str>) -> Result<Arc<Caller>, AuthError> {
+    /// The caller `presented` (the bearer value or `x-functions-key`) proves,
+    /// on a connection that remembers its last Entra caller in `remembered`.
+    pub async fn authenticate(
+        &self,
+        presented: Option<&str>,
+        remembered: &Remembered,
+    ) -> Result<Arc<Caller>, AuthError> {
         if self.methods.is_none() {
             return Ok(self.anonymous.clone());
         }
         let presented = presented.ok_or(AuthError::Missing)?;
-        // An Entra token is a JWT (three base64url parts); an API key has no dots.
+        // An Entra token is a JWT, whose header starts `{"` (base64url `eyJ`);
+        // API keys are `tbk_...`.
         if let Some(entra) = &self.entra
-            && presented.bytes().filter(|b| *b == b'.').count() == 2
+            && presented.starts_with("eyJ")
         {
-            return entra.authenticate(presented).await;
+            let now = entra.now();
+            if let Some(caller) = remembered.recall(presented, now) {
+                return Ok(caller);
+            }
+            let (caller, expires) = entra.authenticate(presented, now).await?;
+            remembered.keep(presented, &caller, expires);
+            return Ok(caller);
         }
         if !self.methods.keys {
             return Err(AuthError::InvalidToken("not a JWT"));
@@ -226,14 +262,23 @@ mod tests {
     async fn a_new_key_authenticates_by_its_hash_only() {
         let (key, entry) = new_key("app", vec!["User.*".into()], vec![], false);
         let callers = callers(std::slice::from_ref(&entry));
-        let caller = callers.authenticate(Some(key.expose())).await.unwrap();
+        let caller = callers
+            .authenticate(Some(key.expose()), &Remembered::default())
+            .await
+            .unwrap();
         assert_eq!((caller.name.as_str(), caller.oid.as_deref()), ("app", None));
         assert_eq!(
-            callers.authenticate(Some("tbk_wrong")).await.unwrap_err(),
+            callers
+                .authenticate(Some("tbk_wrong"), &Remembered::default())
+                .await
+                .unwrap_err(),
             AuthError::Unknown
         );
         assert_eq!(
-            callers.authenticate(None).await.unwrap_err(),
+            callers
+                .authenticate(None, &Remembered::default())
+                .await
+                .unwrap_err(),
             AuthError::Missing
         );
         assert!(!entry.sha256.contains(key.expose()));
@@ -242,12 +287,20 @@ mod tests {
     #[tokio::test]
     async fn no_configured_keys_is_its_own_error() {
         assert_eq!(
-            callers(&[]).authenticate(Some("x")).await.unwrap_err(),
+            callers(&[])
+                .authenticate(Some("x"), &Remembered::default())
+                .await
+                .unwrap_err(),
             AuthError::NoneConfigured
         );
         let none = AuthMethods::parse("none").unwrap();
         let open = Callers::new(none, &[], None, reqwest::Client::new(), Clock::System);
-        assert!(open.authenticate(None).await.unwrap().admin);
+        assert!(
+            open.authenticate(None, &Remembered::default())
+                .await
+                .unwrap()
+                .admin
+        );
     }
 
     #[test]
