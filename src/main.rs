@@ -27,7 +27,14 @@ fn main() -> ExitCode {
         }
     };
     app::install_crypto_provider();
-    let logs = telemetry::init();
+    // A service's information lines go to stdout (the Functions host grades
+    // every stderr line as an error); a one-shot command keeps stdout for its
+    // output and logs to stderr.
+    let split = matches!(
+        mode,
+        Mode::CustomHandler { .. } | Mode::Serve { .. } | Mode::Dev { .. }
+    );
+    let logs = telemetry::init(split);
     let runtime = match runtime() {
         Ok(runtime) => runtime,
         Err(e) => {

@@ -17,6 +17,11 @@ pub(super) fn probe() -> Response {
 }
 
 /// `POST /timer-refresh`: one sweep, answered in the host's invocation format.
+/// The host (`DefaultHttpWorkerService`) logs each `Logs` entry at information;
+/// an empty `Outputs` and a null `ReturnValue` only at debug since
+/// Azure/azure-functions-host#8874. A non-2xx answer fails the invocation and
+/// its body is never read, so the reason of a sweep that could not run goes to
+/// stderr as an error line, which the host does log.
 pub(super) async fn timer(state: &AppState, body: Body) -> Result<Response, ApiError> {
     let body = axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| {
         ApiError::new(

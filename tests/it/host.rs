@@ -5,7 +5,6 @@ use redis::Commands;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sha2::Digest;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 
 fn timer_payload(schedule_status: Value) -> Value {
@@ -269,23 +268,16 @@ async fn a_bad_setting_stops_the_program_with_one_line_naming_it() {
 async fn dev_mode_runs_with_nothing_configured() {
     let port = free_port();
     let mut handler = Handler::start(&["dev", "--port", &port.to_string()], &[], port);
-    let stdout = handler.child.stdout.take().unwrap();
-    // Read stdout to its end in the background, as a terminal would.
-    let (found, key) = tokio::sync::oneshot::channel();
-    std::thread::spawn(move || {
-        let mut found = Some(found);
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(key) = line.strip_prefix("API key (admin, this run only): ")
-                && let Some(found) = found.take()
-            {
-                let _ = found.send(key.to_owned());
-            }
-        }
-    });
-    let key = tokio::time::timeout(std::time::Duration::from_secs(30), key)
-        .await
-        .expect("dev prints an API key within 30 s")
-        .expect("dev prints an API key");
+    // The key line is on stdout, as a terminal would show it.
+    handler
+        .wait_for_log("API key (admin, this run only): ")
+        .await;
+    let key = handler
+        .stdout()
+        .lines()
+        .find_map(|l| l.strip_prefix("API key (admin, this run only): "))
+        .expect("dev prints an API key")
+        .to_owned();
     handler.wait_for_probe().await;
     let http = reqwest::Client::new();
     let (status, body, _) = send(
@@ -468,4 +460,112 @@ async fn shutdown_does_not_wait_for_connections_that_never_sent_a_request() {
         "the idle connection held shutdown for the whole grace period: {logs}"
     );
     drop(idle);
+}
+
+/// The host grades a custom handler's stderr lines as errors (warnings when they
+/// say "warn") and its stdout lines as information: a normal run writes nothing
+/// to stderr; a failing refresh does.
+#[tokio::test(flavor = "multi_thread")]
+async fn under_the_host_information_goes_to_stdout_and_only_problems_to_stderr() {
+    for format in ["text", "json"] {
+        two_streams(format).await;
+    }
+}
+
+/// Each line's level: the word after the timestamp, or the JSON `level`.
+fn levels(output: &str) -> Vec<String> {
+    output
+        .lines()
+        .map(|line| match serde_json::from_str::<Value>(line) {
+            Ok(json) => json["level"].as_str().unwrap_or_default().to_owned(),
+            Err(_) => line
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or_default()
+                .to_owned(),
+        })
+        .collect()
+}
+
+async fn two_streams(format: &str) {
+    let redis = RedisServer::start();
+    let idp = Idp::start().await;
+    let keys = Keys::new();
+    let port = free_port();
+    // Client credentials: the password flow warns at start that it is retiring.
+    let mut identity = idp.env();
+    identity.retain(|(k, _)| k != "AGENT_USER_NAME" && k != "AGENT_PASSWORD");
+    let mut env = handler_env(&redis, identity, &keys);
+    env.push(("FUNCTIONS_CUSTOMHANDLER_PORT".into(), port.to_string()));
+    env.push(("LOG_FORMAT".into(), format.into()));
+    let mut handler = Handler::start(&[], &env, port);
+    assert_eq!(handler.wait_for_probe().await, StatusCode::OK);
+    // A normal run: the sweep at start, a timer tick, reads, a forced refresh.
+    let (status, answer) = invoke_timer(&handler, &timer_payload(Value::Null)).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let http = reqwest::Client::new();
+    for _ in 0..3 {
+        let (status, body, _) = send(
+            &http,
+            reqwest::Method::GET,
+            &handler.url(&format!("/api/tokens/{GRAPH_ENCODED}")),
+            Some(&keys.reader),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let (status, body, _) = send(
+        &http,
+        reqwest::Method::POST,
+        &handler.url(&format!("/api/tokens/refresh/{GRAPH_ENCODED}")),
+        Some(&keys.reader),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    handler
+        .wait_for_log(match format {
+            "json" => r#""caller":"reader-app","action":"refresh""#,
+            _ => r#"caller="reader-app" action="refresh""#,
+        })
+        .await;
+    let stdout = handler.stdout();
+    assert!(
+        stdout.contains("sweep: due=") && stdout.contains("token read"),
+        "{stdout}"
+    );
+    assert_eq!(handler.stderr(), "", "nothing on stderr in a normal run");
+
+    // A refresh the identity provider refuses: its warning reaches stderr.
+    idp.set_outage(Some(Failure::unavailable(5)));
+    let (status, body, _) = send(
+        &http,
+        reqwest::Method::POST,
+        &handler.url(&format!("/api/tokens/refresh/{GRAPH_ENCODED}")),
+        Some(&keys.reader),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !handler.stderr().contains("token request failed") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the failure never reached stderr: {}",
+            handler.stdout()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(
+        handler
+            .stderr()
+            .lines()
+            .all(|l| l.contains("WARN") || l.contains("ERROR")),
+        "{}",
+        handler.stderr()
+    );
+    assert!(
+        !handler
+            .stdout()
+            .lines()
+            .any(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+    );
 }

@@ -361,22 +361,27 @@ pub async fn send(
 }
 
 /// The `handler` binary, started like the Functions host starts it; killed on drop.
-/// Its stderr (the logs) goes to a file under [`log_dir`], read with [`Handler::logs`].
+/// Its stdout and stderr go to two files under [`log_dir`]: [`Handler::logs`]
+/// reads both, [`Handler::stdout`] and [`Handler::stderr`] one each.
 pub struct Handler {
     pub child: Child,
     pub port: u16,
     pub log: std::path::PathBuf,
+    pub out: std::path::PathBuf,
 }
 
 impl Handler {
     /// Starts `handler` with `args` and exactly the variables in `env` (plus PATH).
     pub fn start(args: &[&str], env: &[(String, String)], port: u16) -> Self {
-        let log = log_dir().join(format!(
-            "handler-{}-{:08x}.log",
+        let name = format!(
+            "handler-{}-{:08x}",
             std::process::id(),
             rand::random::<u32>()
-        ));
+        );
+        let log = log_dir().join(format!("{name}.log"));
+        let out = log_dir().join(format!("{name}.out"));
         let stderr = std::fs::File::create(&log).expect("a log file");
+        let stdout = std::fs::File::create(&out).expect("an output file");
         let child = Command::new(env!("CARGO_BIN_EXE_handler"))
             .args(args)
             .env_clear()
@@ -384,25 +389,34 @@ impl Handler {
             .env("RUST_LOG", "info")
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
+            .stdout(stdout)
             .stderr(stderr)
             .spawn()
             .expect("start the handler binary");
-        Self { child, port, log }
-    }
-
-    /// Waits for a run-once command to exit: its status, stdout and logs.
-    pub fn finish(mut self) -> (std::process::ExitStatus, String, String) {
-        let mut stdout = String::new();
-        if let Some(mut out) = self.child.stdout.take() {
-            let _ = std::io::Read::read_to_string(&mut out, &mut stdout);
+        Self {
+            child,
+            port,
+            log,
+            out,
         }
-        let status = self.child.wait().expect("the handler exits");
-        (status, stdout, self.logs())
     }
 
-    /// Everything the handler logged so far.
+    /// Waits for a run-once command to exit: its status, stdout and stderr.
+    pub fn finish(mut self) -> (std::process::ExitStatus, String, String) {
+        let status = self.child.wait().expect("the handler exits");
+        (status, self.stdout(), self.stderr())
+    }
+
+    /// Everything the handler wrote so far, stderr then stdout.
     pub fn logs(&self) -> String {
+        self.stderr() + &self.stdout()
+    }
+
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(&self.out).unwrap_or_default()
+    }
+
+    pub fn stderr(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
