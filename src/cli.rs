@@ -111,19 +111,29 @@ pub fn print_new_key(name: &str, scopes: Vec<String>, users: Vec<String>, admin:
     println!("Give the key to the caller; put the entry (never the key) in TOKEN_API_KEYS.");
 }
 
+/// The app setting `timer-refresh/function.json` takes its schedule from.
+pub const SCHEDULE_VAR: &str = "TOKEN_REFRESH_SCHEDULE";
+
 /// Runs a mode that needs the service: reads the configuration, builds the app,
 /// serves (or sweeps once) until a shutdown signal.
 pub async fn execute(mode: Mode) -> Result<(), String> {
     let mut config = Config::from_env().map_err(|e| e.to_string())?;
     let standalone = Setup::standalone();
     let (addr, setup) = match mode {
-        Mode::CustomHandler { port } => (
-            SocketAddr::from(([127, 0, 0, 1], port)),
-            Setup {
-                internal_timer: false,
-                ..standalone
-            },
-        ),
+        Mode::CustomHandler { port } => {
+            if std::env::var(SCHEDULE_VAR).map_or(true, |v| v.trim().is_empty()) {
+                tracing::warn!(
+                    "{SCHEDULE_VAR} is not set: the host disables the timer-refresh function ('%{SCHEDULE_VAR}%' does not resolve to a value), and tokens are refreshed only when read; set it to an NCRONTAB schedule such as '0 */5 * * * *'"
+                );
+            }
+            (
+                SocketAddr::from(([127, 0, 0, 1], port)),
+                Setup {
+                    internal_timer: false,
+                    ..standalone
+                },
+            )
+        }
         Mode::Serve { bind, port } => (listen_addr(&config, bind, port)?, standalone),
         Mode::Dev { bind, port } => {
             config.store.kind = StoreKind::Memory;

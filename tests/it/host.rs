@@ -569,3 +569,28 @@ async fn two_streams(format: &str) {
             .any(|l| l.contains(" WARN ") || l.contains(" ERROR "))
     );
 }
+
+/// timer-refresh takes its schedule from an app setting; without it the host
+/// disables the function, and the handler says so at start.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_schedule_setting_is_named_at_start() {
+    let folder =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("timer-refresh/function.json");
+    let function: Value = serde_json::from_str(&std::fs::read_to_string(folder).unwrap()).unwrap();
+    assert_eq!(
+        function["bindings"][0]["schedule"],
+        "%TOKEN_REFRESH_SCHEDULE%"
+    );
+    let redis = RedisServer::start();
+    let idp = Idp::start().await;
+    let port = free_port();
+    let mut env = handler_env(&redis, idp.env(), &Keys::new());
+    env.retain(|(k, _)| k != "TOKEN_REFRESH_SCHEDULE");
+    env.push(("FUNCTIONS_CUSTOMHANDLER_PORT".into(), port.to_string()));
+    let mut handler = Handler::start(&[], &env, port);
+    handler.wait_for_probe().await;
+    handler
+        .wait_for_log("TOKEN_REFRESH_SCHEDULE is not set")
+        .await;
+    assert!(handler.stderr().contains("WARN"));
+}

@@ -145,6 +145,8 @@ pub fn handler_env(
     let mut env = redis.env();
     env.extend(identity);
     env.push(("TOKEN_API_KEYS".into(), keys.json.clone()));
+    // What the deployment sets for timer-refresh/function.json's schedule.
+    env.push(("TOKEN_REFRESH_SCHEDULE".into(), "0 */5 * * * *".into()));
     env
 }
 
