@@ -151,22 +151,29 @@ pub enum AuthError {
 /// connection, and recognising it again costs a comparison, not a hash and a
 /// lookup. Never printed; dropped with the connection.
 #[derive(Default)]
-pub struct Remembered(std::sync::Mutex<Option<(Box<str>, Arc<Caller>, i64)>>);
+pub struct Remembered(std::sync::Mutex<Option<LastCaller>>);
+
+struct LastCaller {
+    token: Box<str>,
+    caller: Arc<Caller>,
+    /// Unix seconds: the token's `exp` and the leeway.
+    until: i64,
+}
 
 impl Remembered {
     fn recall(&self, presented: &str, now: i64) -> Option<Arc<Caller>> {
         let last = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        match last.as_ref() {
-            Some((token, caller, until)) if now <= *until && **token == *presented => {
-                Some(caller.clone())
-            }
-            _ => None,
-        }
+        last.as_ref()
+            .filter(|last| now <= last.until && *last.token == *presented)
+            .map(|last| last.caller.clone())
     }
 
     fn keep(&self, presented: &str, caller: &Arc<Caller>, until: i64) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some((presented.into(), caller.clone(), until));
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(LastCaller {
+            token: presented.into(),
+            caller: caller.clone(),
+            until,
+        });
     }
 }
 
