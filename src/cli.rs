@@ -12,8 +12,36 @@ pub const USAGE: &str = "\
 usage: handler [serve [--bind ADDR] [--port N]]   serve the API (custom handler when FUNCTIONS_CUSTOMHANDLER_PORT is set)
        handler dev [--bind ADDR] [--port N]       run locally with an in-process store and issuer, nothing configured
        handler sweep                              refresh due tokens once and print the summary as JSON
+       handler check                              check the configuration: Redis reached, one token from the
+                                                  identity provider (not stored); one line each, exit 1 on a failure
+       handler --version                          version, commit and target
        handler keys new --name N [--scope S]... [--user U]... [--admin]
-                                                  print a new API key and its TOKEN_API_KEYS entry";
+                                                  print a new API key and its TOKEN_API_KEYS entry
+
+Configuration comes from the environment (README: Configuration):
+  identity   AZURE_TENANT_ID AZURE_CLIENT_ID AZURE_CLIENT_SECRET AZURE_CLIENT_CERTIFICATE_PATH
+             AGENT_TOKEN_FLOW AGENT_IDENTITY_ID AGENT_USER_ID AGENT_USER_NAME AGENT_PASSWORD
+             AGENT_BLUEPRINT_CLIENT_ID AGENT_BLUEPRINT_CREDENTIAL AZURE_MANAGED_IDENTITY_CLIENT_ID
+             AZURE_AUTHORITY_HOST
+  tokens     TOKEN_SCOPES TOKEN_ON_DEMAND TOKEN_MIN_VALIDITY_SECS TOKEN_IDLE_SECS
+  refresh    TOKEN_REFRESH_BEFORE_SECS TOKEN_REFRESH_INTERVAL_SECS TOKEN_REFRESH_CONCURRENCY
+             TOKEN_REFRESH_BACKOFF_SECS TOKEN_REFRESH_RATE_PER_MIN TOKEN_REFRESH_SCHEDULE (host timer)
+  redis      REDIS_HOST REDIS_PORT REDIS_DB REDIS_USERNAME REDIS_PASSWORD REDIS_SSL REDIS_CA_CERT
+             REDIS_CLUSTER REDIS_URL REDIS_NAMESPACE TOKEN_STORE TOKEN_ENCRYPTION_KEY
+  callers    TOKEN_API_AUTH TOKEN_API_KEYS TOKEN_API_KEYS_FILE TOKEN_API_AUDIENCE
+             TOKEN_API_CALLERS TOKEN_API_CALLERS_FILE TOKEN_AUDIT_STREAM
+  server     BIND PORT FUNCTIONS_CUSTOMHANDLER_PORT (set by the host) TOKIO_WORKER_THREADS
+  logs       RUST_LOG LOG_FORMAT";
+
+/// `handler --version`.
+pub fn version() -> String {
+    format!(
+        "handler {} (commit {}, {})",
+        env!("CARGO_PKG_VERSION"),
+        env!("HANDLER_COMMIT"),
+        env!("HANDLER_TARGET")
+    )
+}
 
 pub enum Mode {
     /// Started by the Functions host: its port, its timer.
@@ -29,6 +57,7 @@ pub enum Mode {
         port: Option<String>,
     },
     Sweep,
+    Check,
     NewKey {
         name: String,
         scopes: Vec<String>,
@@ -75,6 +104,7 @@ pub fn parse_args(args: &[String]) -> Result<Mode, String> {
             })
         }
         Some("sweep") if args.len() == 1 => Ok(Mode::Sweep),
+        Some("check") if args.len() == 1 => Ok(Mode::Check),
         Some("keys") if args.get(1).map(String::as_str) == Some("new") => {
             let (mut name, mut scopes, mut users, mut admin, mut i) =
                 (None, vec![], vec![], false, 2);
@@ -117,6 +147,9 @@ pub const SCHEDULE_VAR: &str = "TOKEN_REFRESH_SCHEDULE";
 /// Runs a mode that needs the service: reads the configuration, builds the app,
 /// serves (or sweeps once) until a shutdown signal.
 pub async fn execute(mode: Mode) -> Result<(), String> {
+    if let Mode::Check = mode {
+        return crate::check::run().await;
+    }
     let mut config = Config::from_env().map_err(|e| e.to_string())?;
     let standalone = Setup::standalone();
     let (addr, setup) = match mode {
@@ -146,7 +179,9 @@ pub async fn execute(mode: Mode) -> Result<(), String> {
             (listen_addr(&config, bind, port)?, setup)
         }
         Mode::Sweep => return sweep_once(&config).await,
-        Mode::NewKey { .. } => return Err("keys new runs before the service starts".into()),
+        Mode::NewKey { .. } | Mode::Check => {
+            return Err("keys new and check run before the service starts".into());
+        }
     };
     let dev_key = match setup.issuer {
         Issuer::Dev { .. } if config.api.auth.keys && config.api.api_keys.is_empty() => {

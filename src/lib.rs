@@ -11,6 +11,7 @@ pub mod app;
 pub mod audit;
 pub mod cache;
 pub mod callers;
+pub mod check;
 pub mod cli;
 pub mod clock;
 pub mod config;

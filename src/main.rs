@@ -10,6 +10,13 @@ fn main() -> ExitCode {
         println!("{USAGE}");
         return ExitCode::SUCCESS;
     }
+    if args
+        .first()
+        .is_some_and(|a| a == "--version" || a == "-V" || a == "version")
+    {
+        println!("{}", cli::version());
+        return ExitCode::SUCCESS;
+    }
     let mode = match cli::parse_args(&args) {
         Ok(Mode::NewKey {
             name,
