@@ -6,12 +6,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# redis-server (its package brings redis-cli, which creates test clusters) and
-# openssl (which makes the TLS test's certificates), from Debian's packages.
+# redis-server (its package brings redis-cli, which creates test clusters),
+# openssl (which makes the TLS test's certificates) and shellcheck (the scripts,
+# the deployment script among them, are kept clean), from Debian's packages.
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "test.sh: installing ${missing[*]} from Debian's packages"
     sudo=""
@@ -24,6 +26,7 @@ echo "test.sh: $(redis-server --version)"
 cargo fmt --check
 cargo clippy --all-targets --locked -- -D warnings
 python3 scripts/check-layers.py
+shellcheck scripts/*.sh .ci/run
 # Every log of the run lands here; afterwards none may contain a token or secret.
 logs=target/tmp/test-logs
 rm -rf "$logs"
