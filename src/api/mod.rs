@@ -21,11 +21,12 @@ pub use self::routes::Route;
 use crate::app::AppState;
 use crate::audit::REQUEST_ID;
 use crate::callers::{Caller, Remembered};
-use crate::metrics::RequestLabels;
+use crate::metrics::{RequestLabels, method_label};
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
+use std::time::Instant;
 use tracing::Instrument;
 
 /// Serves one request.
@@ -34,7 +35,9 @@ where
     B: axum::body::HttpBody<Data = axum::body::Bytes> + Send + 'static,
     B::Error: Into<axum::BoxError>,
 {
+    let started = Instant::now();
     let route = Route::parse(request.method(), request.uri().path());
+    let method = method_label(request.method());
     let id = request_id(request.headers());
     let mut response = match header_bytes(request.headers()) {
         n if n > limits::MAX_HEADER_BYTES => ApiError::new(
@@ -65,14 +68,14 @@ where
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert("x-request-id", value);
     }
+    let labels = RequestLabels {
+        route: route.label(),
+        method,
+        status: response.status().as_u16(),
+    };
     state
         .metrics
-        .requests
-        .get_or_create(&RequestLabels {
-            route: route.label(),
-            status: response.status().as_u16(),
-        })
-        .inc();
+        .request(&labels, started.elapsed().as_secs_f64());
     response
 }
 

@@ -138,10 +138,13 @@ fn a_write_replaces_the_entry_and_refuses_reads_that_began_before_it() {
 
 #[test]
 fn when_full_the_least_recently_used_goes_not_everything() {
-    let cache = TokenCache::new(100, 1 << 20, Clock::System);
+    // Sampled LRU evicts the oldest of 5 random entries: a hot key goes only
+    // when all 5 samples are hot, (10/1000)^5 per eviction here (about 1e-8 for
+    // the whole test; with 100 entries it was 1e-3, and a run of the suite hit it).
+    let cache = TokenCache::new(1000, 1 << 24, Clock::System);
     cache.set_live(true, true);
     let now = Clock::System.now();
-    for i in 0..100 {
+    for i in 0..1000 {
         cache.insert(
             &key(&format!("S{i}")),
             served("t", now + 100),
@@ -161,7 +164,7 @@ fn when_full_the_least_recently_used_goes_not_everything() {
             served("t", now + 100),
             cache.ticket(),
         );
-        assert_eq!(cache.len(), 100, "one evicted per insert, never a flush");
+        assert_eq!(cache.len(), 1000, "one evicted per insert, never a flush");
     }
 }
 

@@ -39,9 +39,10 @@ async fn check_names_what_works_and_what_does_not() {
             *v = "not-the-password".into();
         }
     }
-    let (ok, out, _) = check(&env);
+    let (ok, out, err) = check(&env);
     assert!(!ok);
     let line = out.lines().find(|l| l.starts_with("redis: ")).unwrap();
+    assert!(!err.contains("not-the-password"));
     assert!(
         line.starts_with("redis: FAILED") && line.to_lowercase().contains("password"),
         "{out}"

@@ -211,6 +211,22 @@ impl Store for RedisStore {
         if let Some(why) = connection::diagnose(&error, self.ca_cert.is_some()) {
             return Err(why);
         }
+        // A cluster client reports a refused login as "no connections": one
+        // plain connection to the seed tells why.
+        if self.reach.cluster {
+            let seed = connection::client(self.reach.template.clone(), self.ca_cert.as_deref());
+            let answer = async {
+                let mut conn = seed?.get_multiplexed_async_connection().await?;
+                redis::cmd("PING").query_async::<String>(&mut conn).await
+            };
+            if let Ok(Err(seed_error)) =
+                tokio::time::timeout(std::time::Duration::from_secs(2), answer).await
+                && let Some(why) =
+                    connection::diagnose(&StoreError::Redis(seed_error), self.ca_cert.is_some())
+            {
+                return Err(why);
+            }
+        }
         tracing::warn!(%error, "Redis is not reachable yet; requests will retry it");
         Ok(())
     }
