@@ -26,7 +26,7 @@ echo "test.sh: $(redis-server --version)"
 cargo fmt --check
 cargo clippy --all-targets --locked -- -D warnings
 python3 scripts/check-layers.py
-shellcheck scripts/*.sh .ci/run
+shellcheck scripts/*.sh clients/*/run-tests.sh .ci/run
 # Every log of the run lands here; afterwards none may contain a token or secret.
 logs=target/tmp/test-logs
 rm -rf "$logs"
@@ -37,6 +37,11 @@ cargo test --lib --bins --tests --locked 2>&1 | tee "$logs/cargo-test.out"
 # Cluster (scale:: starts its own cluster and TLS servers in the first pass).
 TEST_REDIS_CLUSTER=1 cargo test --test it --locked -- --skip scale:: 2>&1 |
     tee "$logs/cargo-test-cluster.out"
+# The Azure SDK credential adapters (clients/), each against the handler binary the
+# tests above built; their dependencies go into clients/python/.venv and
+# clients/js/node_modules from PyPI and npm.
+HANDLER_BIN=target/debug/handler clients/python/run-tests.sh -q
+HANDLER_BIN=target/debug/handler clients/js/run-tests.sh
 scripts/check-secrets.sh "$logs"
 # The package's glibc check must bite: target/debug/handler (built by cargo test
 # above, linked against this machine's glibc) needs GLIBC_2.34 wherever glibc is
