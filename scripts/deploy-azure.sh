@@ -29,8 +29,10 @@ cd "$(dirname "$0")/.."
 RG=${RG:-$APP-rg}
 LOC=${LOC:-westeurope}
 PLAN=${PLAN:-flex}
-STORAGE=${STORAGE:-$(echo "${APP}sa" | tr -cd 'a-z0-9' | cut -c1-24)}
-KV_NAME=${KV_NAME:-$(echo "$APP-kv" | cut -c1-24)}
+lower=$(echo "$APP" | tr '[:upper:]' '[:lower:]')
+STORAGE=${STORAGE:-$(echo "${lower}sa" | tr -cd 'a-z0-9' | cut -c1-24)}
+# Vault names: 3-24 characters, no trailing hyphen.
+KV_NAME=${KV_NAME:-$(echo "$lower-kv" | cut -c1-24 | sed 's/-*$//')}
 REDIS_NAME=${REDIS_NAME:-$APP-redis}
 REDIS_SKU=${REDIS_SKU:-Balanced_B0}
 GRAPH_APP_ROLES=${GRAPH_APP_ROLES:-User.Read.All}
@@ -100,28 +102,50 @@ REDIS_HOSTNAME=$(az redisenterprise show --cluster-name "$REDIS_NAME" -g "$RG" -
 
 step "app registration"
 if [ -z "${AZURE_CLIENT_ID:-}" ]; then
-    AZURE_CLIENT_ID=$(az ad app list --display-name "$APP" --query '[0].appId' -o tsv)
-    if [ -z "$AZURE_CLIENT_ID" ]; then
-        AZURE_CLIENT_ID=$(az ad app create --display-name "$APP" \
-            --sign-in-audience AzureADMyOrg --query appId -o tsv)
-    fi
+    # Display names are not unique, and anyone may register one: only an app
+    # you own is reused (from an earlier run), and only when it is the one.
+    mine=$(az ad app list --show-mine --display-name "$APP" --query '[].appId' -o tsv)
+    case $(printf '%s' "$mine" | grep -c .) in
+        0) AZURE_CLIENT_ID=$(az ad app create --display-name "$APP" \
+            --sign-in-audience AzureADMyOrg --query appId -o tsv) ;;
+        1) AZURE_CLIENT_ID=$mine ;;
+        *)
+            echo "deploy-azure: you own several app registrations named $APP; set AZURE_CLIENT_ID to the one to use" >&2
+            exit 1
+            ;;
+    esac
     az ad sp show --id "$AZURE_CLIENT_ID" -o none 2>/dev/null ||
         az ad sp create --id "$AZURE_CLIENT_ID" -o none
 fi
-# Entra callers: api://{client id} and an app role to assign to callers' identities.
+# Entra callers: api://{client id} and an app role to assign to callers'
+# identities, added to what the app already has (az replaces the whole lists).
+uris=$(az ad app show --id "$AZURE_CLIENT_ID" --query identifierUris -o tsv)
+if ! grep -qx "api://$AZURE_CLIENT_ID" <<<"$uris"; then
+    # shellcheck disable=SC2086 # one argument per URI
+    az ad app update --id "$AZURE_CLIENT_ID" --identifier-uris $uris "api://$AZURE_CLIENT_ID"
+fi
 role_id=$(az ad app show --id "$AZURE_CLIENT_ID" \
     --query "appRoles[?value=='Tokens.Read'].id | [0]" -o tsv)
 if [ -z "$role_id" ]; then
-    role_id=$(cat /proc/sys/kernel/random/uuid)
-    az ad app update --id "$AZURE_CLIENT_ID" --identifier-uris "api://$AZURE_CLIENT_ID" \
-        --app-roles "[{\"allowedMemberTypes\":[\"Application\"],\"displayName\":\"Read tokens\",\"value\":\"Tokens.Read\",\"id\":\"$role_id\",\"isEnabled\":true,\"description\":\"Read tokens from the broker\"}]"
+    roles=$(az ad app show --id "$AZURE_CLIENT_ID" --query appRoles -o json |
+        python3 -c 'import json, sys, uuid
+roles = json.load(sys.stdin)
+roles.append({"allowedMemberTypes": ["Application"], "displayName": "Read tokens",
+              "value": "Tokens.Read", "id": str(uuid.uuid4()), "isEnabled": True,
+              "description": "Read tokens from the broker"})
+print(json.dumps(roles))')
+    az ad app update --id "$AZURE_CLIENT_ID" --app-roles "$roles"
 fi
 # Graph application permissions, then admin consent (needs a Global or Privileged
 # Role Administrator; without it the consent step fails and says so).
 for permission in $GRAPH_APP_ROLES; do
     id=$(az ad sp show --id "$GRAPH_API" --query "appRoles[?value=='$permission'].id | [0]" -o tsv)
+    if [ -z "$id" ]; then
+        echo "deploy-azure: Microsoft Graph has no application permission named $permission" >&2
+        exit 1
+    fi
     az ad app permission add --id "$AZURE_CLIENT_ID" --api "$GRAPH_API" \
-        --api-permissions "$id=Role" -o none 2>/dev/null || true
+        --api-permissions "$id=Role" -o none
 done
 retry az ad app permission admin-consent --id "$AZURE_CLIENT_ID"
 
@@ -134,8 +158,11 @@ az role assignment create --assignee-object-id "$ME" --assignee-principal-type U
     --role "Key Vault Secrets Officer" --scope "$KV_ID" -o none
 az role assignment create --assignee-object-id "$PRINCIPAL" --assignee-principal-type ServicePrincipal \
     --role "Key Vault Secrets User" --scope "$KV_ID" -o none
+# The Officer role takes a while to reach the vault: wait for it once, so that
+# each secret below is piped exactly once (a retried pipe would be empty).
+retry az keyvault secret list --vault-name "$KV_NAME" -o none
 # Secrets go from one az command into the next, never through the terminal.
-set_secret() { retry az keyvault secret set --vault-name "$KV_NAME" -n "$1" --file /dev/stdin -o none; }
+set_secret() { az keyvault secret set --vault-name "$KV_NAME" -n "$1" --file /dev/stdin -o none; }
 az redisenterprise database list-keys --cluster-name "$REDIS_NAME" -g "$RG" \
     --query primaryKey -o tsv | tr -d '\n' | set_secret redis-password
 if ! az keyvault secret show --vault-name "$KV_NAME" -n client-secret -o none 2>/dev/null; then

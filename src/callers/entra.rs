@@ -92,6 +92,8 @@ pub struct EntraSettings {
 /// The claims a decision needs.
 #[derive(Deserialize)]
 struct Claims {
+    /// Required by the validation; a default here lets its error name it.
+    #[serde(default)]
     exp: i64,
     tid: Option<String>,
     oid: Option<String>,
@@ -115,7 +117,9 @@ pub(super) struct EntraCallers {
     validation: Validation,
     entries: Vec<(CallerEntry, Arc<Policy>)>,
     keys: SigningKeys,
-    verdicts: RwLock<HashMap<[u8; 32], (Verdict, i64)>>,
+    /// Verdicts, their `exp`, and the signing keys' generation they were reached
+    /// under.
+    verdicts: RwLock<HashMap<[u8; 32], (Verdict, i64, u64)>>,
     clock: Clock,
 }
 
@@ -166,32 +170,44 @@ impl EntraCallers {
         self.clock.now()
     }
 
+    /// The signing keys' generation: verdicts reached under another are made
+    /// again.
+    pub(super) fn generation(&self) -> u64 {
+        self.keys.generation()
+    }
+
     /// The caller `token` proves, and until when (its `exp` and the leeway).
+    /// Only allowed callers' verdicts are remembered: a valid but unlisted token
+    /// costs its sender a verification each time, and cannot crowd out others.
     pub(super) async fn authenticate(
         &self,
         token: &str,
         now: i64,
     ) -> Result<(Arc<Caller>, i64), AuthError> {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let generation = self.keys.generation();
         let known = self
             .verdicts
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(&digest)
             .cloned();
-        let (verdict, exp) = match known {
-            Some((verdict, exp)) if now <= exp + LEEWAY_SECS => (verdict, exp),
-            Some(_) => return Err(AuthError::InvalidToken("expired")),
-            None => {
-                let (verdict, exp) = self.verify(token).await?;
-                self.remember(digest, verdict.clone(), exp, now);
-                (verdict, exp)
+        let (caller, exp) = match known {
+            Some((Verdict::Allowed(caller), exp, seen)) if seen == generation => {
+                if now > exp + LEEWAY_SECS {
+                    return Err(AuthError::InvalidToken("expired"));
+                }
+                (caller, exp)
             }
+            _ => match self.verify(token).await? {
+                (Verdict::Allowed(caller), exp) => {
+                    self.remember(digest, caller.clone(), exp, now, generation);
+                    (caller, exp)
+                }
+                (Verdict::Unlisted, _) => return Err(AuthError::Unlisted),
+            },
         };
-        match verdict {
-            Verdict::Allowed(caller) => Ok((caller, exp + LEEWAY_SECS)),
-            Verdict::Unlisted => Err(AuthError::Unlisted),
-        }
+        Ok((caller, exp + LEEWAY_SECS))
     }
 
     /// The full check of a token not seen before.
@@ -234,14 +250,14 @@ impl EntraCallers {
         Ok((verdict, claims.exp))
     }
 
-    fn remember(&self, digest: [u8; 32], verdict: Verdict, exp: i64, now: i64) {
+    fn remember(&self, digest: [u8; 32], caller: Arc<Caller>, exp: i64, now: i64, generation: u64) {
         let mut verdicts = self.verdicts.write().unwrap_or_else(|p| p.into_inner());
         if verdicts.len() >= MAX_VERDICTS {
-            verdicts.retain(|_, (_, exp)| now <= *exp + LEEWAY_SECS);
+            verdicts.retain(|_, (_, exp, seen)| now <= *exp + LEEWAY_SECS && *seen == generation);
             if verdicts.len() >= MAX_VERDICTS {
                 verdicts.clear();
             }
         }
-        verdicts.insert(digest, (verdict, exp));
+        verdicts.insert(digest, (Verdict::Allowed(caller), exp, generation));
     }
 }

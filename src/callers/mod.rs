@@ -158,21 +158,32 @@ struct LastCaller {
     caller: Arc<Caller>,
     /// Unix seconds: the token's `exp` and the leeway.
     until: i64,
+    /// The signing keys' generation it was proved under.
+    generation: u64,
 }
 
 impl Remembered {
-    fn recall(&self, presented: &str, now: i64) -> Option<Arc<Caller>> {
+    fn recall(&self, presented: &str, now: i64, generation: u64) -> Option<Arc<Caller>> {
+        use subtle::ConstantTimeEq;
         let last = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        // Constant time: under the Functions host one connection carries many
+        // callers' requests.
         last.as_ref()
-            .filter(|last| now <= last.until && *last.token == *presented)
+            .filter(|last| {
+                now <= last.until
+                    && last.generation == generation
+                    && last.token.len() == presented.len()
+                    && bool::from(last.token.as_bytes().ct_eq(presented.as_bytes()))
+            })
             .map(|last| last.caller.clone())
     }
 
-    fn keep(&self, presented: &str, caller: &Arc<Caller>, until: i64) {
+    fn keep(&self, presented: &str, caller: &Arc<Caller>, until: i64, generation: u64) {
         *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(LastCaller {
             token: presented.into(),
             caller: caller.clone(),
             until,
+            generation,
         });
     }
 }
@@ -224,12 +235,12 @@ impl Callers {
         if let Some(entra) = &self.entra
             && presented.starts_with("eyJ")
         {
-            let now = entra.now();
-            if let Some(caller) = remembered.recall(presented, now) {
+            let (now, generation) = (entra.now(), entra.generation());
+            if let Some(caller) = remembered.recall(presented, now, generation) {
                 return Ok(caller);
             }
             let (caller, expires) = entra.authenticate(presented, now).await?;
-            remembered.keep(presented, &caller, expires);
+            remembered.keep(presented, &caller, expires, generation);
             return Ok(caller);
         }
         if !self.methods.keys {

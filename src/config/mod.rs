@@ -513,9 +513,11 @@ fn api(raw: &RawVars) -> Result<ApiConfig, ConfigError> {
 /// `AZURE_CLIENT_ID`), and the caller entries.
 fn entra_callers(raw: &RawVars) -> Result<EntraSettings, ConfigError> {
     const WHY: &str = "is required by TOKEN_API_AUTH=entra";
+    // Entra writes tenant ids lowercase in `tid` and `iss`.
     let tenant = raw
         .azure_tenant_id
-        .clone()
+        .as_deref()
+        .map(|t| t.trim().to_lowercase())
         .ok_or_else(|| bad("AZURE_TENANT_ID", WHY))?;
     let client_id = raw.azure_client_id.clone();
     let audience = match (&raw.token_api_audience, &client_id) {

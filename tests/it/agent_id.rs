@@ -420,6 +420,8 @@ async fn an_agent_user_gets_delegated_tokens_through_the_binary_with_a_certifica
     );
     env.push(("FUNCTIONS_CUSTOMHANDLER_PORT".into(), port.to_string()));
     env.push(("TOKEN_SCOPES".into(), ";".into()));
+    // Debug lines too: no credential may be in any of them.
+    env.push(("RUST_LOG".into(), "debug".into()));
     let mut handler = Handler::start(&[], &env, port);
     handler.wait_for_probe().await;
     let http = reqwest::Client::new();
@@ -509,7 +511,10 @@ async fn an_agent_user_gets_delegated_tokens_through_the_binary_with_a_certifica
     let key_pem = String::from_utf8_lossy(&certificate.key_pem).into_owned();
     let key_line = key_pem.lines().nth(1).expect("a PEM key");
     not_in_redis(&redis, &[t1, t2, proof, key_line]);
+    // Stopped first: every buffered line is written.
+    assert!(handler.terminate().success());
     let logs = handler.logs();
+    assert!(logs.contains("DEBUG"), "debug lines were logged");
     for secret in [t1, t2, proof.as_str()] {
         assert!(!logs.contains(secret), "a credential in the logs");
     }

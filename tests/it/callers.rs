@@ -52,6 +52,29 @@ fn with(mut claims: Value, changes: Value) -> Value {
     claims
 }
 
+/// `claims` signed RS256 by a key the tenant never published, naming `kid`.
+fn own_key(claims: &Value, kid: &str) -> String {
+    let mut header = jsonwebtoken::Header::new(Algorithm::RS256);
+    header.kid = Some(kid.to_owned());
+    let key =
+        jsonwebtoken::EncodingKey::from_rsa_pem(&crate::support::certs::unknown().key_pem).unwrap();
+    jsonwebtoken::encode(&header, claims, &key).unwrap()
+}
+
+/// `claims` signed by the tenant's key, with no `kid` in the header.
+fn no_kid(claims: &Value) -> String {
+    let header = jsonwebtoken::Header::new(Algorithm::RS256);
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(&crate::support::certs::signing(1).key_pem)
+        .unwrap();
+    jsonwebtoken::encode(&header, claims, &key).unwrap()
+}
+
+fn without(claims: &Value, name: &str) -> Value {
+    let mut claims = claims.clone();
+    claims.as_object_mut().unwrap().remove(name);
+    claims
+}
+
 fn b64(value: &Value) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(value.to_string())
 }
@@ -85,6 +108,10 @@ async fn entra_callers_are_allowed_by_app_id_and_role_next_to_api_keys() {
         json!({"iss": format!("https://sts.windows.net/{TENANT}/"), "ver": "1.0", "appid": CALLER_APP_ID, "azp": null}),
     );
     let (status, body, _) = read(&app, GRAPH_PATH, &sign(&v1, 1, Algorithm::RS256)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // `aud` = the bare client id, as v1 tokens may carry it.
+    let bare = with(claims(&app), json!({"aud": CLIENT_ID}));
+    let (status, body, _) = read(&app, GRAPH_PATH, &sign(&bare, 1, Algorithm::RS256)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     // By app role.
     let token = app.idp.caller_token(ROLE_APP_ID).await;
@@ -190,6 +217,18 @@ async fn forged_foreign_expired_and_garbled_tokens_get_401_and_change_nothing() 
             "a key the tenant does not publish",
         ),
         ("truncated", truncated, "malformed"),
+        (
+            "an attacker's key claiming kid k1",
+            own_key(&good, "k1"),
+            "bad signature",
+        ),
+        ("no kid", no_kid(&good), "no key id (kid)"),
+        ("no tid", signed(json!({"tid": null})), "another tenant"),
+        (
+            "no exp",
+            sign(&without(&good, "exp"), 1, Algorithm::RS256),
+            "missing claim",
+        ),
         ("garbled", garbled, "bad signature"),
     ];
     let before = app.redis.snapshot();
@@ -268,6 +307,37 @@ async fn a_key_rotation_is_picked_up_and_a_keys_outage_is_ridden_out() {
     app.advance(Duration::from_secs(3600 + 61));
     let (status, body, _) = read(&app, GRAPH_PATH, &first).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+}
+
+/// A key the tenant withdraws stops counting within a day: the daily fetch
+/// drops it, and verdicts reached with it are made again (and refused).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_withdrawn_key_stops_counting_after_the_daily_fetch() {
+    let app = spawn().await;
+    let long = |n: usize| {
+        let claims = with(claims(&app), json!({"exp": unix_now() + 3 * 86_400}));
+        sign(&claims, n, Algorithm::RS256)
+    };
+    let old = long(1);
+    assert_eq!(read(&app, GRAPH_PATH, &old).await.0, StatusCode::OK);
+    app.idp.rotate_signing_key();
+    app.idp.withdraw_old_key();
+    // A day later a new token (new key) is checked: the daily fetch runs.
+    app.advance(Duration::from_secs(86_400 + 61));
+    let fetches = app.idp.keys_fetches();
+    assert_eq!(read(&app, GRAPH_PATH, &long(2)).await.0, StatusCode::OK);
+    assert_eq!(app.idp.keys_fetches(), fetches + 1);
+    // The old key's token, remembered on this connection and in the verdicts,
+    // is checked again and refused.
+    let (status, body, _) = read(&app, GRAPH_PATH, &old).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .ends_with("a key the tenant does not publish"),
+        "{body}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

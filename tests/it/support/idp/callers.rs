@@ -107,7 +107,12 @@ pub(super) async fn keys(
     if tenant != TENANT && tenant != OTHER_TENANT {
         return (StatusCode::BAD_REQUEST, "unknown tenant").into_response();
     }
-    let published = 1..=state.signing_kid();
+    let first = if state.withdrawn.load(Ordering::SeqCst) {
+        state.signing_kid()
+    } else {
+        1
+    };
+    let published = first..=state.signing_kid();
     let keys: Vec<Value> = published
         .map(|n| {
             json!({"kty": "RSA", "use": "sig", "kid": format!("k{n}"), "n": certs::signing(n).modulus, "e": "AQAB"})

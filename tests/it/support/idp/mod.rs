@@ -106,6 +106,8 @@ struct IdpState {
     /// The signing key was rotated: `k2` signs, `k1` and `k2` are published.
     rotated: std::sync::atomic::AtomicBool,
     keys_down: std::sync::atomic::AtomicBool,
+    /// After a rotation, the old key is no longer published.
+    withdrawn: std::sync::atomic::AtomicBool,
     keys_fetches: std::sync::atomic::AtomicUsize,
     /// A redeemed refresh token is used up (Entra rotates them).
     rotating: std::sync::atomic::AtomicBool,
@@ -135,6 +137,7 @@ impl Idp {
             authority: format!("http://{addr}"),
             rotated: Default::default(),
             keys_down: Default::default(),
+            withdrawn: Default::default(),
             keys_fetches: Default::default(),
             rotating: std::sync::atomic::AtomicBool::new(false),
             expires_in: AtomicU64::new(3599),
@@ -299,6 +302,11 @@ impl Idp {
     /// the old one.
     pub fn rotate_signing_key(&self) {
         self.state.rotated.store(true, Ordering::SeqCst);
+    }
+
+    /// After a rotation: the old key is withdrawn from the published set.
+    pub fn withdraw_old_key(&self) {
+        self.state.withdrawn.store(true, Ordering::SeqCst);
     }
 
     /// The keys endpoint answers `503` while `down`.
