@@ -355,3 +355,55 @@ async fn health_is_degraded_until_the_identity_provider_first_answers() {
         "one answer since start is enough, as before: {body}"
     );
 }
+
+/// The README's metrics table lists exactly [`METRICS`]: names, types and
+/// labels, so the list the exposition is checked against is the documented one.
+#[test]
+fn the_readme_lists_the_same_metrics() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = readme
+        .split("\n## Metrics\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("a Metrics section in the README");
+    let documented: Vec<(String, String, Vec<String>)> = section
+        .lines()
+        .filter(|l| l.starts_with("| `token_broker_"))
+        .map(|row| {
+            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+            // Label names, without the values some rows give in parentheses.
+            let mut names = String::new();
+            let mut depth = 0;
+            for c in cells[3].chars() {
+                match c {
+                    '(' => depth += 1,
+                    ')' => depth -= 1,
+                    _ if depth == 0 => names.push(c),
+                    _ => {}
+                }
+            }
+            let labels = names
+                .split(',')
+                .map(|l| l.trim().trim_matches('`').to_owned())
+                .filter(|l| !l.is_empty() && l != "—")
+                .collect();
+            (
+                cells[1].trim_matches('`').to_owned(),
+                cells[2].to_owned(),
+                labels,
+            )
+        })
+        .collect();
+    let listed: Vec<(String, String, Vec<String>)> = METRICS
+        .iter()
+        .map(|(name, kind, labels)| {
+            (
+                name.to_string(),
+                kind.to_string(),
+                labels.iter().map(|l| l.to_string()).collect(),
+            )
+        })
+        .collect();
+    assert_eq!(documented, listed);
+}
