@@ -100,7 +100,17 @@ async fn probe(reach: &Reach) -> RedisResult<()> {
         return within(ping.query_async::<Value>(&mut conn)).await.map(drop);
     }
     let ask = cluster_nodes();
-    let nodes: String = within(ask.query_async(&mut conn)).await?;
+    let nodes: String = match within(ask.query_async(&mut conn)).await {
+        Ok(nodes) => nodes,
+        Err(error) if error.kind() == redis::ErrorKind::ClusterConnectionNotFound => {
+            // No node left to ask for the slots: a new connection from the seeds.
+            if let Conn::Cluster(cluster) = &reach.conn {
+                cluster.renew();
+            }
+            return Err(error);
+        }
+        Err(error) => return Err(error),
+    };
     for master in masters_in(&nodes, true) {
         let node = client(node_at(&reach.template, &master), reach.ca_cert.as_deref())?;
         let state = async {

@@ -21,14 +21,52 @@ pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 #[derive(Clone)]
 pub(super) enum Conn {
     Single(ConnectionManager),
-    Cluster(ClusterConnection),
+    Cluster(Cluster),
+}
+
+/// The cluster connection, renewable: after every node went away at once the
+/// crate's connection can be left with no node to ask for the slots again
+/// (`ClusterConnectionNotFound` however long the cluster has been back), and
+/// the circuit's probe then makes a new one from the configured seeds.
+#[derive(Clone)]
+pub(super) struct Cluster {
+    client: std::sync::Arc<redis::cluster::ClusterClient>,
+    current: std::sync::Arc<std::sync::RwLock<ClusterConnection>>,
+}
+
+impl Cluster {
+    fn new(client: redis::cluster::ClusterClient) -> Self {
+        let conn = client.get_pending_async_connection_with_config(ClusterConfig::new());
+        Self {
+            client: std::sync::Arc::new(client),
+            current: std::sync::Arc::new(std::sync::RwLock::new(conn)),
+        }
+    }
+
+    fn get(&self) -> ClusterConnection {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// A new connection from the seeds, for every clone of this one.
+    pub(super) fn renew(&self) {
+        let fresh = self
+            .client
+            .get_pending_async_connection_with_config(ClusterConfig::new());
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+    }
 }
 
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Conn::Single(c) => c.req_packed_command(cmd),
-            Conn::Cluster(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => {
+                let mut c = c.get();
+                Box::pin(async move { c.req_packed_command(cmd).await })
+            }
         }
     }
 
@@ -40,14 +78,17 @@ impl ConnectionLike for Conn {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
-            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => {
+                let mut c = c.get();
+                Box::pin(async move { c.req_packed_commands(pipeline, offset, count).await })
+            }
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
             Conn::Single(c) => c.get_db(),
-            Conn::Cluster(c) => c.get_db(),
+            Conn::Cluster(c) => c.get().get_db(),
         }
     }
 }
@@ -85,7 +126,7 @@ pub(super) fn connect(config: &RedisConfig) -> Result<(Conn, Vec<redis::Client>)
             builder = builder.certs(certs);
         }
         let cluster = builder.build().map_err(invalid)?;
-        Conn::Cluster(cluster.get_pending_async_connection_with_config(ClusterConfig::new()))
+        Conn::Cluster(Cluster::new(cluster))
     } else {
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
