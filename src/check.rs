@@ -2,7 +2,7 @@
 //! check on stdout (configuration, Redis, identity provider), nothing stored,
 //! no secret printed; the exit status says whether every check passed.
 
-use crate::app::{AppState, Setup};
+use crate::clock::Clock;
 use crate::config::{Config, StoreKind};
 use crate::identity::{Identity, http_client};
 use crate::metrics::Metrics;
@@ -56,12 +56,10 @@ async fn store(config: &Config) -> bool {
         },
         if redis.tls { ", TLS" } else { ", no TLS" }
     );
-    let setup = Setup {
-        internal_timer: false,
-        ..Setup::standalone()
-    };
-    let state = match AppState::build(config, setup) {
-        Ok(state) => state,
+    // The store alone: the whole app would build the identity a second time
+    // (and warn twice about a retiring flow).
+    let store = match crate::store::open(&config.store, redis, Clock::System) {
+        Ok(store) => store,
         Err(error) => {
             println!("redis: FAILED: {error}");
             return false;
@@ -69,8 +67,8 @@ async fn store(config: &Config) -> bool {
     };
     // A wrong password, a TLS mismatch or an unknown CA are named; anything
     // else is the error as Redis gave it.
-    let answer = match state.store.check_at_start().await {
-        Ok(()) => state.store.ping().await.map_err(|e| e.to_string()),
+    let answer = match store.check_at_start().await {
+        Ok(()) => store.ping().await.map_err(|e| e.to_string()),
         Err(why) => Err(why),
     };
     match answer {
@@ -92,14 +90,8 @@ async fn identity(config: &Config) -> bool {
         println!("identity: skipped (TOKEN_SCOPES names no scope to ask for)");
         return true;
     };
-    let identity = http_client().and_then(|http| {
-        Identity::from_config(
-            config,
-            http,
-            crate::clock::Clock::System,
-            Metrics::default(),
-        )
-    });
+    let identity = http_client()
+        .and_then(|http| Identity::from_config(config, http, Clock::System, Metrics::default()));
     let identity = match identity {
         Ok(identity) => identity,
         Err(error) => {
@@ -109,7 +101,7 @@ async fn identity(config: &Config) -> bool {
     };
     match identity.acquire(scope, None).await {
         Ok(token) => {
-            let left = token.expires_on - crate::clock::Clock::System.now();
+            let left = token.expires_on - Clock::System.now();
             println!(
                 "identity: ok ({} got a token for {scope}, valid {left} s)",
                 identity.flow_name()
