@@ -313,6 +313,26 @@ async fn the_double_answers_requests_1_to_5_and_refuses_wrong_shapes_as_entra_do
     );
 }
 
+/// Alice's on-behalf-of exchange (`PUT`), then a forced refresh of her token.
+async fn obo_then_refresh(app: &TestApp) {
+    let path = format!("/api/tokens/{GRAPH_ENCODED}?user_id=alice");
+    let (status, body) = app
+        .put(
+            &path,
+            &app.keys.admin,
+            &json!({"assertion": USER_ASSERTION}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = app
+        .post(
+            &format!("/api/tokens/refresh/{GRAPH_ENCODED}?user_id=alice"),
+            Some(&app.keys.admin),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
 /// The forms the double received, by what they asked for.
 fn forms_where(
     app: &TestApp,
@@ -373,22 +393,7 @@ async fn an_agent_identity_gets_app_tokens_with_one_t1_and_acts_for_users() {
     assert_eq!(app.idp.t1_requests(), 1);
 
     // A user's on-behalf-of exchange and its refresh, as the agent identity.
-    let path = format!("/api/tokens/{GRAPH_ENCODED}?user_id=alice");
-    let (status, body) = app
-        .put(
-            &path,
-            &app.keys.admin,
-            &json!({"assertion": USER_ASSERTION}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    let (status, body) = app
-        .post(
-            &format!("/api/tokens/refresh/{GRAPH_ENCODED}?user_id=alice"),
-            Some(&app.keys.admin),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    obo_then_refresh(&app).await;
     for grant in [
         "urn:ietf:params:oauth:grant-type:jwt-bearer",
         "refresh_token",
@@ -604,22 +609,7 @@ async fn a_certificate_serves_the_classic_flows_and_an_unknown_one_is_named() {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let path = format!("/api/tokens/{GRAPH_ENCODED}?user_id=alice");
-    let (status, body) = app
-        .put(
-            &path,
-            &app.keys.admin,
-            &json!({"assertion": USER_ASSERTION}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    let (status, body) = app
-        .post(
-            &format!("/api/tokens/refresh/{GRAPH_ENCODED}?user_id=alice"),
-            Some(&app.keys.admin),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    obo_then_refresh(&app).await;
     let forms = app.idp.forms();
     assert_eq!(forms.len(), 3);
     let mut jtis = Vec::new();
