@@ -73,7 +73,6 @@ impl AgentIdentity {
                     .await
             })
             .await
-            .map_err(IdpError::credential)
     }
 
     /// Posts `grant` as the agent identity: its id, T1 as its assertion. A T1
@@ -116,8 +115,7 @@ impl AgentIdentity {
                 ])
                 .await
             })
-            .await
-            .map_err(IdpError::credential)?;
+            .await?;
         let scope = with_offline_access(scope);
         let (field, value) = match user {
             AgentUser::Id(id) => ("user_id", id.as_str()),

@@ -56,10 +56,7 @@ impl Credential {
             ],
             Self::ManagedIdentity { source, held } => vec![
                 ("client_assertion_type", Secret::new(JWT_BEARER)),
-                (
-                    "client_assertion",
-                    held.get(|| source()).await.map_err(IdpError::credential)?,
-                ),
+                ("client_assertion", held.get(|| source()).await?),
             ],
         })
     }

@@ -42,7 +42,8 @@ impl Exchange {
         }
     }
 
-    /// The held token, or a new one from `fetch`.
+    /// The held token, or a new one from `fetch` (its error as
+    /// [`IdpError::Credential`]).
     pub async fn get<F, Fut>(&self, fetch: F) -> Result<Secret, IdpError>
     where
         F: FnOnce() -> Fut,
@@ -62,7 +63,9 @@ impl Exchange {
         {
             return Err(error.clone());
         }
-        let result = fetch().await;
+        // An exchange token is the agent's own credential: its failure is never a
+        // verdict on a user's grant.
+        let result = fetch().await.map_err(IdpError::credential);
         held.fetches += 1;
         self.fetches.store(held.fetches, Ordering::Release);
         match result {
@@ -166,8 +169,9 @@ mod tests {
         let never = || async { unreachable_fetch() };
         let within = exchange.get(never).await.unwrap_err();
         assert!(
-            matches!(within, IdpError::Unavailable { status: 429, .. }),
-            "within Retry-After: {within}"
+            matches!(&within, IdpError::Credential(inner)
+                if matches!(**inner, IdpError::Unavailable { status: 429, .. })),
+            "within Retry-After, as a credential error: {within}"
         );
         clock.advance(std::time::Duration::from_secs(31));
         let now = clock.clock().now();
