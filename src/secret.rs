@@ -41,11 +41,15 @@ impl Secret {
     /// events about one token, useless for recovering it.
     pub fn fingerprint(&self) -> &str {
         self.fingerprint.get_or_init(|| {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
             let digest = Sha256::digest(self.value.as_bytes());
-            digest[..6]
-                .iter()
-                .map(|byte| format!("{byte:02x}"))
-                .collect()
+            // Every cache miss fingerprints a token: one allocation, no formatting.
+            let mut hex = String::with_capacity(12);
+            for byte in &digest[..6] {
+                hex.push(char::from(HEX[usize::from(byte >> 4)]));
+                hex.push(char::from(HEX[usize::from(byte & 0xf)]));
+            }
+            hex
         })
     }
 }

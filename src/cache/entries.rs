@@ -98,7 +98,8 @@ impl Entries {
     }
 
     /// Keeps `served` under `key` (under change feed `feed`, used at `tick`),
-    /// evicting others until it fits in `max_entries` and `max_bytes`.
+    /// evicting others until it fits in `max_entries` and `max_bytes`; whether
+    /// any was evicted.
     pub fn insert(
         &mut self,
         key: &TokenKey,
@@ -106,13 +107,15 @@ impl Entries {
         (max_entries, max_bytes): (usize, usize),
         now: i64,
         (feed, tick): (u64, u64),
-    ) {
+    ) -> bool {
         self.remove(key);
         let size = served.body.len();
+        let mut evicted = false;
         while !self.slots.is_empty()
             && (self.slots.len() >= max_entries || self.bytes + size > max_bytes)
         {
             self.evict_one(now);
+            evicted = true;
         }
         self.bytes += size;
         let key = Arc::new(key.clone());
@@ -124,6 +127,7 @@ impl Entries {
             feed,
             used: AtomicU64::new(tick),
         });
+        evicted
     }
 
     fn evict_one(&mut self, now: i64) {

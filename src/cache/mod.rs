@@ -9,6 +9,7 @@
 //! service's own writes, entries older than [`REVALIDATE_AFTER`] are asked for
 //! again. While Redis cannot be reached at all, entries are still served.
 
+mod doorkeeper;
 mod entries;
 mod listener;
 #[cfg(test)]
@@ -16,6 +17,7 @@ mod tests;
 
 pub use self::listener::listen;
 
+use self::doorkeeper::Doorkeeper;
 use self::entries::Entries;
 use crate::clock::Clock;
 use crate::domain::TokenKey;
@@ -75,17 +77,36 @@ impl Body<'_> {
             // Serializing plain fields into a Vec cannot fail.
             return serde_json::to_vec(self).unwrap_or_default();
         }
-        use std::fmt::Write as _;
-        let mut json = String::with_capacity(self.token.len() + self.scope.len() + 128);
-        let _ = write!(
-            json,
-            r#"{{"expires_on":{},"refresh_count":{},"scope":"{}","stored_at":{},"token":"{}""#,
-            self.expires_on, self.refresh_count, self.scope, self.stored_at, self.token
+        let (mut expires_on, mut refresh_count, mut stored_at) = (
+            itoa::Buffer::new(),
+            itoa::Buffer::new(),
+            itoa::Buffer::new(),
         );
-        if let Some(user) = self.user_id {
-            let _ = write!(json, r#","user_id":"{user}""#);
+        let (user_field, user, user_end) = match self.user_id {
+            Some(user) => (r#","user_id":""#, user, "\""),
+            None => ("", "", ""),
+        };
+        let mut json =
+            String::with_capacity(self.token.len() + self.scope.len() + user.len() + 128);
+        for part in [
+            r#"{"expires_on":"#,
+            expires_on.format(self.expires_on),
+            r#","refresh_count":"#,
+            refresh_count.format(self.refresh_count),
+            r#","scope":""#,
+            self.scope,
+            r#"","stored_at":"#,
+            stored_at.format(self.stored_at),
+            r#","token":""#,
+            self.token,
+            "\"",
+            user_field,
+            user,
+            user_end,
+            "}",
+        ] {
+            json.push_str(part);
         }
-        json.push('}');
         json.into_bytes()
     }
 }
@@ -128,7 +149,8 @@ impl Served {
 const STRIPES: usize = 256;
 
 /// Bounded in entries and in bytes of served bodies; when full, a sampled least
-/// recently used entry (or an expired one) makes room.
+/// recently used entry (or an expired one) makes room for a key that missed
+/// before (see [`Doorkeeper`]).
 ///
 /// A read that misses takes a [`Ticket`] before asking Redis and inserts with it:
 /// the insert is refused when the key was invalidated after the ticket was taken,
@@ -148,6 +170,10 @@ pub struct TokenCache {
     generation: AtomicU64,
     /// Hits so far: the clock of least-recent use.
     hits: AtomicU64,
+    /// Whether the last insert found the cache full: misses then go through
+    /// the doorkeeper.
+    full: AtomicBool,
+    doorkeeper: Doorkeeper,
     max_entries: usize,
     max_bytes: usize,
 }
@@ -156,9 +182,19 @@ pub struct TokenCache {
 #[derive(Debug, Clone, Copy)]
 pub struct Ticket(u64);
 
-fn stripe(key: &TokenKey) -> usize {
+/// Computed once per insert: it gives the key's stripe and its place in the
+/// doorkeeper.
+fn hash(key: &TokenKey) -> u64 {
     use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-    BuildHasherDefault::<DefaultHasher>::default().hash_one(key) as usize % STRIPES
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(key)
+}
+
+fn stripe_of(hash: u64) -> usize {
+    (hash % STRIPES as u64) as usize
+}
+
+fn stripe(key: &TokenKey) -> usize {
+    stripe_of(hash(key))
 }
 
 impl TokenCache {
@@ -171,6 +207,8 @@ impl TokenCache {
             complete: AtomicBool::new(true),
             generation: AtomicU64::new(0),
             hits: AtomicU64::new(0),
+            full: AtomicBool::new(false),
+            doorkeeper: Doorkeeper::new(max_entries),
             max_entries,
             max_bytes,
         }
@@ -207,10 +245,15 @@ impl TokenCache {
         Ticket(self.generation.load(Ordering::SeqCst))
     }
 
-    /// Keeps `served` unless `key` was invalidated since `ticket` was taken.
+    /// Keeps `served` unless `key` was invalidated since `ticket` was taken, or
+    /// the cache is full and `key` did not miss before.
     pub fn insert(&self, key: &TokenKey, served: Arc<Served>, ticket: Ticket) {
+        let hash = hash(key);
+        if self.full.load(Ordering::Relaxed) && !self.doorkeeper.admits(hash) {
+            return;
+        }
         let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
-        if ticket.0 < entries.floor || entries.stripes[stripe(key)] > ticket.0 {
+        if ticket.0 < entries.floor || entries.stripes[stripe_of(hash)] > ticket.0 {
             return;
         }
         self.put(&mut entries, key, served);
@@ -241,19 +284,26 @@ impl TokenCache {
             self.feed.load(Ordering::Acquire),
             self.hits.load(Ordering::Relaxed),
         );
-        entries.insert(key, served, bounds, self.clock.now(), stamp);
+        let evicted = entries.insert(key, served, bounds, self.clock.now(), stamp);
+        self.full.store(
+            evicted || entries.len() >= self.max_entries,
+            Ordering::Relaxed,
+        );
     }
 
     pub fn invalidate(&self, key: &TokenKey) {
         let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
         entries.stripes[stripe(key)] = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
-        entries.remove(key);
+        if entries.remove(key).is_some() {
+            self.full.store(false, Ordering::Relaxed);
+        }
     }
 
     /// Drops everything, and refuses every read that began before.
     pub fn clear(&self) {
         let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
         entries.clear();
+        self.full.store(false, Ordering::Relaxed);
         entries.floor = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
     }
 

@@ -159,13 +159,58 @@ fn when_full_the_least_recently_used_goes_not_everything() {
                 "hot S{hot} evicted in round {round}"
             );
         }
+        // Let in on its second miss (see `a_full_cache_lets_in_keys_that_missed_before`).
+        for _ in 0..2 {
+            cache.insert(
+                &key(&format!("new{round}")),
+                served("t", now + 100),
+                cache.ticket(),
+            );
+        }
+        assert!(cache.get(&key(&format!("new{round}")), 0).is_some());
+        assert_eq!(cache.len(), 1000, "one evicted per insert, never a flush");
+    }
+}
+
+#[test]
+fn a_full_cache_lets_in_keys_that_missed_before() {
+    let cache = TokenCache::new(100, 1 << 20, Clock::System);
+    cache.set_live(true, true);
+    let now = Clock::System.now();
+    for i in 0..100 {
         cache.insert(
-            &key(&format!("new{round}")),
+            &key(&format!("S{i}")),
             served("t", now + 100),
             cache.ticket(),
         );
-        assert_eq!(cache.len(), 1000, "one evicted per insert, never a flush");
     }
+    // One pass over many more keys than fit, each read once: the doorkeeper lets
+    // in only the few it takes for keys seen before (its hash is the same in
+    // every run, so this count is too).
+    for i in 0..1000 {
+        let one_off = key(&format!("once{i}"));
+        cache.insert(&one_off, served("t", now + 100), cache.ticket());
+    }
+    let kept = (0..100)
+        .filter(|i| cache.peek(&key(&format!("S{i}")), 0).is_some())
+        .count();
+    assert!(kept >= 90, "only {kept} of 100 kept through a scan");
+    // Unless the cache has room: an invalidation makes some.
+    cache.invalidate(&key("S0"));
+    cache.insert(&key("fresh"), served("t", now + 100), cache.ticket());
+    assert!(
+        cache.peek(&key("fresh"), 0).is_some(),
+        "room, so no doorkeeper"
+    );
+    // A key that misses again gets in.
+    cache.insert(&key("again"), served("t", now + 100), cache.ticket());
+    assert!(
+        cache.peek(&key("again"), 0).is_none(),
+        "first miss of a full cache"
+    );
+    cache.insert(&key("again"), served("t", now + 100), cache.ticket());
+    assert!(cache.peek(&key("again"), 0).is_some(), "second miss");
+    assert_eq!(cache.len(), 100);
 }
 
 #[test]
@@ -181,7 +226,11 @@ fn expired_entries_go_first() {
         );
     }
     cache.insert(&key("old"), served("t", now - 1), cache.ticket());
+    // Full: "new" gets in on its second miss.
     cache.insert(&key("new"), served("t", now + 100), cache.ticket());
+    assert!(cache.peek(&key("new"), 0).is_none());
+    cache.insert(&key("new"), served("t", now + 100), cache.ticket());
+    assert!(cache.peek(&key("new"), 0).is_some());
     assert!(cache.peek(&key("old"), 0).is_none());
     assert_eq!(cache.len(), 10);
 }

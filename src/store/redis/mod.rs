@@ -119,11 +119,9 @@ impl RedisStore {
 
     /// One command, its reply.
     async fn query<T: redis::FromRedisValue>(&self, cmd: Cmd) -> RedisResult<T> {
-        self.run(|mut c| {
-            let cmd = cmd.clone();
-            async move { cmd.query_async(&mut c).await }
-        })
-        .await
+        let cmd = &cmd;
+        self.run(|mut c| async move { cmd.query_async(&mut c).await })
+            .await
     }
 
     /// Commands that need not be atomic together, their replies in order. One
