@@ -69,7 +69,6 @@ impl Entries {
         self.map.len()
     }
 
-    #[cfg(test)]
     pub fn bytes(&self) -> usize {
         self.bytes
     }

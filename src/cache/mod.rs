@@ -86,9 +86,7 @@ impl Body<'_> {
             Some(user) => (r#","user_id":""#, user, "\""),
             None => ("", "", ""),
         };
-        let mut json =
-            String::with_capacity(self.token.len() + self.scope.len() + user.len() + 128);
-        for part in [
+        let json = [
             r#"{"expires_on":"#,
             expires_on.format(self.expires_on),
             r#","refresh_count":"#,
@@ -104,9 +102,8 @@ impl Body<'_> {
             user,
             user_end,
             "}",
-        ] {
-            json.push_str(part);
-        }
+        ]
+        .concat();
         json.into_bytes()
     }
 }
@@ -150,7 +147,7 @@ const STRIPES: usize = 256;
 
 /// Bounded in entries and in bytes of served bodies; when full, a sampled least
 /// recently used entry (or an expired one) makes room for a key that missed
-/// before (see [`Doorkeeper`]).
+/// before (see `doorkeeper.rs`).
 ///
 /// A read that misses takes a [`Ticket`] before asking Redis and inserts with it:
 /// the insert is refused when the key was invalidated after the ticket was taken,
@@ -246,10 +243,14 @@ impl TokenCache {
     }
 
     /// Keeps `served` unless `key` was invalidated since `ticket` was taken, or
-    /// the cache is full and `key` did not miss before.
+    /// the cache is full and `key` neither missed before nor is cached (replacing
+    /// an entry takes no room).
     pub fn insert(&self, key: &TokenKey, served: Arc<Served>, ticket: Ticket) {
         let hash = hash(key);
-        if self.full.load(Ordering::Relaxed) && !self.doorkeeper.admits(hash) {
+        if self.full.load(Ordering::Relaxed)
+            && !self.doorkeeper.admits(hash)
+            && self.peek(key, 0).is_none()
+        {
             return;
         }
         let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
@@ -268,15 +269,16 @@ impl TokenCache {
         let heard_of_another = ticket.0 < entries.floor || entries.stripes[stripe(key)] > ticket.0;
         entries.stripes[stripe(key)] = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
         if heard_of_another {
-            entries.remove(key);
+            self.remove(&mut entries, key);
             return;
         }
         self.put(&mut entries, key, served);
     }
 
     fn put(&self, entries: &mut Entries, key: &TokenKey, served: Arc<Served>) {
-        if served.body.len() > self.max_bytes / 16 {
-            entries.remove(key);
+        let size = served.body.len();
+        if size > self.max_bytes / 16 {
+            self.remove(entries, key);
             return;
         }
         let bounds = (self.max_entries, self.max_bytes);
@@ -285,18 +287,23 @@ impl TokenCache {
             self.hits.load(Ordering::Relaxed),
         );
         let evicted = entries.insert(key, served, bounds, self.clock.now(), stamp);
-        self.full.store(
-            evicted || entries.len() >= self.max_entries,
-            Ordering::Relaxed,
-        );
+        // Full when the next entry of this size would evict one.
+        let full =
+            evicted || entries.len() >= self.max_entries || entries.bytes() + size > self.max_bytes;
+        self.full.store(full, Ordering::Relaxed);
+    }
+
+    /// Removes `key`'s entry; the room it leaves lets the next miss in.
+    fn remove(&self, entries: &mut Entries, key: &TokenKey) {
+        if entries.remove(key).is_some() {
+            self.full.store(false, Ordering::Relaxed);
+        }
     }
 
     pub fn invalidate(&self, key: &TokenKey) {
         let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
         entries.stripes[stripe(key)] = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
-        if entries.remove(key).is_some() {
-            self.full.store(false, Ordering::Relaxed);
-        }
+        self.remove(&mut entries, key);
     }
 
     /// Drops everything, and refuses every read that began before.
