@@ -40,18 +40,21 @@ impl Secret {
     /// First 12 hex digits of the SHA-256 of the value: enough to correlate audit
     /// events about one token, useless for recovering it.
     pub fn fingerprint(&self) -> &str {
-        self.fingerprint.get_or_init(|| {
-            const HEX: &[u8; 16] = b"0123456789abcdef";
-            let digest = Sha256::digest(self.value.as_bytes());
-            // Every cache miss fingerprints a token: one allocation, no formatting.
-            let mut hex = String::with_capacity(12);
-            for byte in &digest[..6] {
-                hex.push(char::from(HEX[usize::from(byte >> 4)]));
-                hex.push(char::from(HEX[usize::from(byte & 0xf)]));
-            }
-            hex
-        })
+        self.fingerprint
+            .get_or_init(|| hex(&Sha256::digest(self.value.as_bytes())[..6]))
     }
+}
+
+/// Lowercase hex. Every cache miss fingerprints a token: one allocation, no
+/// formatting.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut hex = String::with_capacity(2 * bytes.len());
+    for byte in bytes {
+        hex.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        hex.push(char::from(DIGITS[usize::from(byte & 0xf)]));
+    }
+    hex
 }
 
 impl fmt::Debug for Secret {

@@ -1,7 +1,8 @@
 //! Admission to a full cache: a key gets in on its second miss within a window
 //! (the "doorkeeper" of TinyLFU). Reads spread over many more keys than fit, such
-//! as a job going through every user once, then cost no eviction and push out
-//! nothing that is read again; a key that is read again gets in on its next miss.
+//! as a job going through every user once, then cost few evictions and push out
+//! few entries that are read again; a key read again soon gets in on its next
+//! miss.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 

@@ -266,8 +266,9 @@ impl TokenCache {
     /// entry is dropped instead: which write is newer is the store's to say.
     pub fn written(&self, key: &TokenKey, served: Arc<Served>, ticket: Ticket) {
         let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
-        let heard_of_another = ticket.0 < entries.floor || entries.stripes[stripe(key)] > ticket.0;
-        entries.stripes[stripe(key)] = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        let stripe = stripe(key);
+        let heard_of_another = ticket.0 < entries.floor || entries.stripes[stripe] > ticket.0;
+        entries.stripes[stripe] = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
         if heard_of_another {
             self.remove(&mut entries, key);
             return;

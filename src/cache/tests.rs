@@ -29,6 +29,17 @@ fn key(scope: &str) -> TokenKey {
     TokenKey::Agent(Scope::parse(scope).unwrap())
 }
 
+/// Caches `S0` .. `S{count - 1}`, each expiring at `expires_on`.
+fn fill(cache: &TokenCache, count: usize, expires_on: i64) {
+    for i in 0..count {
+        cache.insert(
+            &key(&format!("S{i}")),
+            served("t", expires_on),
+            cache.ticket(),
+        );
+    }
+}
+
 #[test]
 fn debug_never_shows_the_token() {
     let debug = format!("{:?}", served("eyJ-secret-token", 100));
@@ -144,13 +155,7 @@ fn when_full_the_least_recently_used_goes_not_everything() {
     let cache = TokenCache::new(1000, 1 << 24, Clock::System);
     cache.set_live(true, true);
     let now = Clock::System.now();
-    for i in 0..1000 {
-        cache.insert(
-            &key(&format!("S{i}")),
-            served("t", now + 100),
-            cache.ticket(),
-        );
-    }
+    fill(&cache, 1000, now + 100);
     // Ten hot keys, read again and again while a hundred others come and go.
     for round in 0..100 {
         for hot in 0..10 {
@@ -177,13 +182,7 @@ fn a_full_cache_lets_in_keys_that_missed_before() {
     let cache = TokenCache::new(100, 1 << 20, Clock::System);
     cache.set_live(true, true);
     let now = Clock::System.now();
-    for i in 0..100 {
-        cache.insert(
-            &key(&format!("S{i}")),
-            served("t", now + 100),
-            cache.ticket(),
-        );
-    }
+    fill(&cache, 100, now + 100);
     // One pass over many more keys than fit, each read once: the doorkeeper lets
     // in only the few it takes for keys seen before (about 0.5 %; the hash is
     // fixed for a given toolchain, so this count is too).
@@ -235,13 +234,7 @@ fn expired_entries_go_first() {
         cache.set_live(true, true);
         // The expired entry comes last, so it is the most recently used: only
         // its expiry can make it go first.
-        for i in 0..9 {
-            cache.insert(
-                &key(&format!("S{i}")),
-                served("t", now + 100),
-                cache.ticket(),
-            );
-        }
+        fill(&cache, 9, now + 100);
         cache.insert(&key("old"), served("t", now - 1), cache.ticket());
         // Full: "new" gets in on its second miss.
         cache.insert(&key("new"), served("t", now + 100), cache.ticket());

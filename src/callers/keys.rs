@@ -2,7 +2,7 @@
 //! a presented key is hashed and compared with every entry in constant time.
 
 use super::{Caller, Policy};
-use crate::secret::Secret;
+use crate::secret::{Secret, hex};
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -54,10 +54,6 @@ fn decode_hash(hex: &str) -> Option<[u8; 32]> {
         *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
     }
     Some(out)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A fresh random key and its `TOKEN_API_KEYS` entry (`handler keys new`).
