@@ -40,9 +40,10 @@ pub struct App {
     pub refresh_rate_per_min: u32,
     /// The internal timer's period; `None` when the host's timer trigger sweeps.
     pub timer: Option<Duration>,
-    /// Sweeps the timer task has finished, the one at start included: what tests
-    /// on a manual clock wait for after moving it.
-    pub sweeps: watch::Sender<u64>,
+    /// When the last sweep the timer task finished had started (clock ms; the
+    /// one at start included): tests on a manual clock wait for the sweep that
+    /// starts at the time they moved it to, not for one that was already running.
+    pub sweeps: watch::Sender<Option<i64>>,
 }
 
 impl std::ops::Deref for AppState {
@@ -139,7 +140,7 @@ impl AppState {
             clock,
             refresh_rate_per_min: config.api.refresh_rate_per_min,
             timer: setup.internal_timer.then_some(config.refresh.interval),
-            sweeps: watch::Sender::new(0),
+            sweeps: watch::Sender::new(None),
         })))
     }
 }

@@ -48,12 +48,12 @@ fn spawn_sweeper(state: AppState, mut stop: watch::Receiver<bool>) -> tokio::tas
                 _ = stop.changed() => return,
             }
             // One period from the start of the last sweep, not from its end. Fixed
-            // before the sweep is counted as done: whoever waits for that count and
-            // then moves the clock on by a period wakes the next one.
+            // before the sweep is reported done: whoever waits for that and then
+            // moves the clock on by a period wakes the next one.
             let next = state
                 .timer
                 .map(|period| started + period.as_millis() as i64);
-            state.sweeps.send_modify(|done| *done += 1);
+            state.sweeps.send_replace(Some(started));
             let Some(next) = next else {
                 return;
             };

@@ -120,7 +120,7 @@ async fn start_instance(
         let _ = stopped.await;
     }));
     let mut sweeps = state.sweeps.subscribe();
-    tokio::time::timeout(Duration::from_secs(30), sweeps.wait_for(|done| *done >= 1))
+    tokio::time::timeout(Duration::from_secs(30), sweeps.wait_for(Option::is_some))
         .await
         .expect("the sweep at start finishes")
         .expect("the app is running");
@@ -271,15 +271,17 @@ impl TestApp {
     }
 
     /// Moves the clock on by one period of the refresh timer and waits for the
-    /// sweep that wakes.
+    /// sweep that wakes at the new time. A sweep woken by an earlier `advance`
+    /// may still be running: its end is not this one's (and since it started
+    /// at most a period ago, it is followed by one at the new time).
     pub async fn tick(&self) {
         let mut sweeps = self.state.sweeps.subscribe();
-        let before = *sweeps.borrow_and_update();
         let period = self.state.timer.expect("the internal timer runs");
         self.manual().advance(period);
+        let now = self.state.clock.now_ms();
         tokio::time::timeout(
             Duration::from_secs(30),
-            sweeps.wait_for(|done| *done > before),
+            sweeps.wait_for(|started| started.is_some_and(|at| at >= now)),
         )
         .await
         .expect("the timer's sweep finishes")
