@@ -167,7 +167,12 @@ async fn forged_foreign_expired_and_garbled_tokens_get_401_and_change_nothing() 
         b64(&json!({"alg": "none", "typ": "JWT", "kid": "k1"})),
         b64(&good)
     );
-    let truncated = valid[..valid.len() - 12].to_owned();
+    // Cut inside the signature to a length base64 never has (4n + 1), so it cannot
+    // decode. A cut that leaves decodable base64 (1 in 16 of the cuts 12 characters
+    // from the end) is a bad signature instead, which the garbled case covers.
+    let signature_at = valid.rfind('.').unwrap() + 1;
+    let kept = (valid.len() - signature_at - 12) / 4 * 4 + 1;
+    let truncated = valid[..signature_at + kept].to_owned();
     let mut garbled = valid.clone().into_bytes();
     let middle = garbled.len() / 2;
     garbled[middle] = if garbled[middle] == b'A' { b'B' } else { b'A' };
