@@ -236,7 +236,13 @@ async fn forged_foreign_expired_and_garbled_tokens_get_401_and_change_nothing() 
         ),
         ("garbled", garbled, "bad signature"),
     ];
-    let before = app.redis.snapshot();
+    // The valid read records itself for the idle rule in a task of its own, which
+    // may land after this snapshot: that record is left out of the comparison.
+    let unread = |mut snapshot: std::collections::BTreeMap<String, String>| {
+        snapshot.retain(|key, _| !key.ends_with("tokens:reads"));
+        snapshot
+    };
+    let before = unread(app.redis.snapshot());
     let asked = app.idp.requests();
     let fetches = app.idp.keys_fetches();
     for (case, token, reason) in &cases {
@@ -270,7 +276,7 @@ async fn forged_foreign_expired_and_garbled_tokens_get_401_and_change_nothing() 
             .unwrap()
             .contains("error=")
     );
-    assert_eq!(app.redis.snapshot(), before, "nothing written");
+    assert_eq!(unread(app.redis.snapshot()), before, "nothing written");
     assert_eq!(
         app.idp.requests(),
         asked,

@@ -92,6 +92,9 @@ async fn three_instances_make_one_identity_provider_request_per_refresh_round() 
         env.push(("TOKEN_REFRESH_RATE_PER_MIN".into(), "0".into()));
         let mut handler = Handler::start(&[], &env, port);
         handler.wait_for_probe().await;
+        // Its start-up sweep is over before the token exists: a late one would
+        // find the 600 s token due and join round 0 uninvited.
+        handler.wait_for_log("sweep: due=").await;
         handlers.push(handler);
     }
     let http = reqwest::Client::new();
