@@ -47,12 +47,13 @@ async fn short_lived_tokens_are_replaced_before_they_expire() {
             "the stored token was left to run down to {left} s"
         );
         // Redis counts the TTL down in real time, set from the service's clock
-        // when the token was written.
+        // when the token was written. A few seconds of slack for a loaded
+        // machine; the Python habit this rules out is 300 s short.
         let lifetime =
             stored["expires_on"].as_i64().unwrap() - stored["stored_at"].as_i64().unwrap();
         let ttl: i64 = conn.ttl(key).unwrap();
         assert!(
-            (lifetime - 2..=lifetime).contains(&ttl),
+            (lifetime - 5..=lifetime).contains(&ttl),
             "TTL {ttl} follows expires_on ({lifetime} s at writing)"
         );
         app.tick().await;
@@ -381,6 +382,7 @@ async fn failures_show_in_the_listing() {
     app.get("/api/tokens/User.Read", Some(&app.keys.reader))
         .await;
     app.idp.fail_next(Failure::throttled(30));
+    let asked = unix_now();
     let (status, _) = app
         .post("/api/tokens/refresh/User.Read", Some(&app.keys.reader))
         .await;
@@ -393,7 +395,7 @@ async fn failures_show_in_the_listing() {
     assert_eq!(status["aadsts"], "AADSTS50196");
     assert_eq!(status["failures"], 1);
     assert!(
-        status["next_attempt"].as_i64().unwrap() >= unix_now() + 29,
+        status["next_attempt"].as_i64().unwrap() >= asked + 30,
         "Retry-After honoured: {status}"
     );
     // The old token is still served meanwhile.
