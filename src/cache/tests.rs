@@ -40,6 +40,14 @@ fn fill(cache: &TokenCache, count: usize, expires_on: i64) {
     }
 }
 
+/// Which of `fill`'s first `count` keys are still cached.
+fn still_cached(cache: &TokenCache, count: usize) -> Vec<TokenKey> {
+    (0..count)
+        .map(|i| key(&format!("S{i}")))
+        .filter(|k| cache.peek(k, 0).is_some())
+        .collect()
+}
+
 #[test]
 fn debug_never_shows_the_token() {
     let debug = format!("{:?}", served("eyJ-secret-token", 100));
@@ -190,16 +198,10 @@ fn a_full_cache_lets_in_keys_that_missed_before() {
         let one_off = key(&format!("once{i}"));
         cache.insert(&one_off, served("t", now + 100), cache.ticket());
     }
-    let kept = (0..100)
-        .filter(|i| cache.peek(&key(&format!("S{i}")), 0).is_some())
-        .count();
+    let kept = still_cached(&cache, 100).len();
     assert!(kept >= 90, "only {kept} of 100 kept through a scan");
     // Unless the cache has room: an invalidation makes some.
-    let present = (0..100)
-        .map(|i| key(&format!("S{i}")))
-        .find(|k| cache.peek(k, 0).is_some())
-        .unwrap();
-    cache.invalidate(&present);
+    cache.invalidate(&still_cached(&cache, 100)[0]);
     cache.insert(&key("fresh"), served("t", now + 100), cache.ticket());
     assert!(
         cache.peek(&key("fresh"), 0).is_some(),
@@ -217,10 +219,7 @@ fn a_full_cache_lets_in_keys_that_missed_before() {
     // A key already cached is replaced on its first miss: that takes no room.
     // One not seen since the doorkeeper's window was emptied, so only being
     // cached lets it in ("fresh" may be the entry "again" pushed out).
-    let cached = (0..100)
-        .map(|i| key(&format!("S{i}")))
-        .find(|k| cache.peek(k, 0).is_some())
-        .unwrap();
+    let cached = still_cached(&cache, 100).swap_remove(0);
     cache.insert(&cached, served("newer", now + 100), cache.ticket());
     assert_eq!(token_of(&cache.peek(&cached, 0).unwrap()), "newer");
     assert_eq!(cache.len(), 100);
@@ -250,7 +249,7 @@ fn expired_entries_go_first() {
         assert_eq!(cache.len(), 10);
         // `peek` never shows an expired entry: if the nine others all stayed,
         // "old" is the one that went.
-        if (0..9).all(|i| cache.peek(&key(&format!("S{i}")), 0).is_some()) {
+        if still_cached(&cache, 9).len() == 9 {
             expired_went += 1;
         }
     }

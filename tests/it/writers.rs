@@ -8,23 +8,6 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
-/// One token read through the instance at `addr`: status and token.
-async fn read(
-    http: &reqwest::Client,
-    addr: std::net::SocketAddr,
-    path: &str,
-    key: &str,
-) -> (StatusCode, Value) {
-    let (status, body, _) = send(
-        http,
-        Method::GET,
-        &format!("http://{addr}{path}"),
-        Some(key),
-    )
-    .await;
-    (status, body["token"].clone())
-}
-
 /// Waits (at most 10 s) until the instance at `addr` listens to changes as
 /// `coherence` says (`tracking` or `revalidate`).
 async fn wait_coherent(http: &reqwest::Client, addr: std::net::SocketAddr, coherence: &str) {
@@ -37,35 +20,6 @@ async fn wait_coherent(http: &reqwest::Client, addr: std::net::SocketAddr, coher
         }
         assert!(Instant::now() < deadline, "never {coherence}: {body}");
         tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// Waits until every instance at `addrs` answers `path` as `expected` says;
-/// fails when one still does not to a request sent a second or more after
-/// `since`. (Timed from the send: a slow answer on a loaded machine is not a
-/// stale one.)
-async fn all_serve_within_a_second(
-    http: &reqwest::Client,
-    addrs: &[std::net::SocketAddr],
-    path: &str,
-    key: &str,
-    since: Instant,
-    expected: impl Fn(StatusCode, &Value) -> bool,
-    what: &str,
-) {
-    for addr in addrs {
-        loop {
-            let asked = Instant::now();
-            let (status, token) = read(http, *addr, path, key).await;
-            if expected(status, &token) {
-                break;
-            }
-            assert!(
-                asked - since < Duration::from_secs(1),
-                "{what}: {addr} still answered {status} {token} a second later"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
     }
 }
 
@@ -89,7 +43,7 @@ async fn cached_everywhere(
     assert_eq!(response.status(), StatusCode::CREATED);
     for addr in addrs {
         for _ in 0..2 {
-            let (status, served) = read(&app.http, *addr, &path, &app.keys.admin).await;
+            let (status, served) = read_token(&app.http, *addr, &path, &app.keys.admin).await;
             assert_eq!((status, served), (StatusCode::OK, Value::from(token)));
         }
     }

@@ -364,6 +364,52 @@ pub async fn send(
     (status, body, headers)
 }
 
+/// One token read through the instance at `addr`: status and token.
+pub async fn read_token(
+    http: &reqwest::Client,
+    addr: SocketAddr,
+    path: &str,
+    key: &str,
+) -> (StatusCode, Value) {
+    let (status, body, _) = send(
+        http,
+        reqwest::Method::GET,
+        &format!("http://{addr}{path}"),
+        Some(key),
+    )
+    .await;
+    (status, body["token"].clone())
+}
+
+/// Waits until every instance at `addrs` answers `path` as `expected` says;
+/// fails when one still does not to a request sent a second or more after
+/// `since`. (Timed from the send: a slow answer on a loaded machine is not a
+/// stale one.)
+pub async fn all_serve_within_a_second(
+    http: &reqwest::Client,
+    addrs: &[SocketAddr],
+    path: &str,
+    key: &str,
+    since: Instant,
+    expected: impl Fn(StatusCode, &Value) -> bool,
+    what: &str,
+) {
+    for addr in addrs {
+        loop {
+            let asked = Instant::now();
+            let (status, token) = read_token(http, *addr, path, key).await;
+            if expected(status, &token) {
+                break;
+            }
+            assert!(
+                asked - since < Duration::from_secs(1),
+                "{what}: {addr} still answered {status} {token} a second later"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
 /// The `handler` binary, started like the Functions host starts it; killed on drop.
 /// Its stdout and stderr go to two files under [`log_dir`]: [`Handler::logs`]
 /// reads both, [`Handler::stdout`] and [`Handler::stderr`] one each.
@@ -436,8 +482,12 @@ impl Handler {
         }
     }
 
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
     pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
+        format!("http://{}{path}", self.addr())
     }
 
     /// What the host does: `GET /` every 25 ms until any HTTP answer, giving up
